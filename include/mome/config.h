@@ -1,0 +1,78 @@
+/* config.h — the run configuration: INI files (inih) with `section.key=value` overrides.
+ *
+ * One schema table in config.c lists every key with its type, default, allowed range and a line of help;
+ * parsing, overrides, validation, `mome train --help-config` and the resolved text stored in checkpoints are
+ * all driven by it. An unknown section or key, a value of the wrong type or out of range is an error that
+ * names the file and line (or the override) and what was expected.
+ */
+#ifndef MOME_CONFIG_H
+#define MOME_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MOME_CFG_STR 256
+
+typedef struct {
+    /* [model] */
+    int vocab_size;  /* 0: take it from the tokenizer; otherwise must equal it */
+    int seq_len;     /* tokens per training sequence (and learned positions) */
+    int n_layer;
+    int n_head;
+    int d_model;
+    int d_ff;        /* 0: 4 * d_model */
+} mome_model_section;
+
+typedef struct {
+    char run_name[MOME_CFG_STR]; /* names checkpoints/<run_name> and runs/<run_name> */
+    long steps;                  /* optimizer steps */
+    int batch_size;              /* sequences per micro-batch, global (split over ranks) */
+    int grad_accum;              /* micro-batches per optimizer step */
+    float lr;
+    float min_lr;
+    int warmup_steps;
+    float weight_decay;
+    float beta1, beta2, eps;
+    float grad_clip;             /* 0: off */
+    uint64_t seed;
+    char resume[MOME_CFG_STR];   /* "none", "auto" (from latest if any) or a checkpoint path */
+    int log_every;
+    int eval_every;              /* 0: only before and after training */
+    int eval_batches;            /* validation sequences per domain = eval_batches * batch_size */
+    int threads;                 /* threads per rank; 0: OMP_NUM_THREADS or all cores */
+} mome_train_section;
+
+typedef struct {
+    char dir[MOME_CFG_STR];      /* corpus directory from `mome data build` */
+    char domains[MOME_CFG_STR];  /* comma-separated subset, or "" for every domain in the corpus */
+} mome_data_section;
+
+typedef struct {
+    char dir[MOME_CFG_STR];      /* checkpoints go to <dir>/<run_name>/ */
+    int every;                   /* steps between checkpoints; 0: only at the end */
+    int keep;                    /* keep the last K checkpoints */
+} mome_checkpoint_section;
+
+typedef struct {
+    mome_model_section model;
+    mome_train_section train;
+    mome_data_section data;
+    mome_checkpoint_section checkpoint;
+} mome_config;
+
+/* Fills every field with its schema default. */
+void mome_config_defaults(mome_config *cfg);
+/* Parses an INI file over the current values of cfg. */
+int mome_config_load_file(mome_config *cfg, const char *path);
+/* Parses INI text (for example the /config stored in a checkpoint); `origin` names it in errors. */
+int mome_config_load_string(mome_config *cfg, const char *text, const char *origin);
+/* Applies one "section.key=value" override. */
+int mome_config_override(mome_config *cfg, const char *assignment);
+/* Cross-field checks (n_head divides d_model, batch_size divisible by world size is checked by train). */
+int mome_config_validate(const mome_config *cfg);
+/* The fully resolved configuration as INI text (every key, schema order); caller frees with mome_free. */
+char *mome_config_to_string(const mome_config *cfg);
+/* Prints every section and key with type, default, range and help. */
+void mome_config_print_schema(void *file /* FILE* */);
+
+#endif

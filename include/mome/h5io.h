@@ -1,0 +1,46 @@
+/* h5io.h — small HDF5 helpers shared by the tokenizer, the corpus shards and checkpoints.
+ *
+ * Every dataset mome writes is chunked with the Fletcher32 checksum filter, so a flipped byte is detected on
+ * read. Every function returns a mome status and records a message naming the file and object on error.
+ * HDF5's own error stack printing is silenced by mome_h5_quiet(); our messages replace it.
+ */
+#ifndef MOME_H5IO_H
+#define MOME_H5IO_H
+
+#include <hdf5.h>
+#include <stddef.h>
+#include <stdint.h>
+
+void mome_h5_quiet(void);
+
+/* Datasets: `name` may contain '/', intermediate groups are created. dims has ndim entries. */
+int mome_h5_write_f32(hid_t loc, const char *name, const float *data, int ndim, const hsize_t *dims);
+int mome_h5_write_u16(hid_t loc, const char *name, const uint16_t *data, int ndim, const hsize_t *dims);
+int mome_h5_write_u32(hid_t loc, const char *name, const uint32_t *data, int ndim, const hsize_t *dims);
+int mome_h5_write_u64(hid_t loc, const char *name, const uint64_t *data, int ndim, const hsize_t *dims);
+int mome_h5_write_string(hid_t loc, const char *name, const char *text);
+
+/* Reads a dataset converting to the requested type; the stored shape must equal dims (ndim entries) exactly,
+ * otherwise MOME_EMISMATCH naming both shapes. Checksum failures are MOME_ECORRUPT. */
+int mome_h5_read_f32(hid_t loc, const char *name, float *data, int ndim, const hsize_t *dims);
+int mome_h5_read_u32(hid_t loc, const char *name, uint32_t *data, int ndim, const hsize_t *dims);
+int mome_h5_read_u64(hid_t loc, const char *name, uint64_t *data, int ndim, const hsize_t *dims);
+/* Shape of a dataset (up to 8 dims). */
+int mome_h5_shape(hid_t loc, const char *name, int *ndim, hsize_t *dims);
+/* Reads elements [start, start+count) of a 1-D integer dataset as uint32. */
+int mome_h5_read_u32_range(hid_t loc, const char *name, uint32_t *data, hsize_t start, hsize_t count);
+/* Reads a string dataset; caller frees with mome_free. */
+int mome_h5_read_string(hid_t loc, const char *name, char **text);
+
+/* Attributes on an object (loc may be a file, group or dataset). */
+int mome_h5_attr_set_str(hid_t loc, const char *name, const char *value);
+int mome_h5_attr_set_i64(hid_t loc, const char *name, int64_t value);
+int mome_h5_attr_get_str(hid_t loc, const char *name, char *value, size_t cap);
+int mome_h5_attr_get_i64(hid_t loc, const char *name, int64_t *value);
+
+/* Opens a file read-only / creates it (truncating) with the serial driver; negative hid on error with a
+ * message recorded. */
+hid_t mome_h5_open_read(const char *path);
+hid_t mome_h5_create(const char *path);
+
+#endif
