@@ -1,3 +1,397 @@
-/* main.c — the `mome` command line: dispatches verbs to libmome. */
+/* main.c — the `mome` command line: parses arguments and dispatches each verb to libmome.
+ *
+ * Verbs that may run under mpirun (train, eval) initialise MPI; the others do not need it. Rank 0 parses and
+ * validates the configuration and broadcasts the resolved text, so every rank runs the same configuration and
+ * a bad file is reported once.
+ */
+#include <mpi.h>
 #include <stdio.h>
-int main(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "mome: not yet\n"); return 1; }
+#include <stdlib.h>
+#include <string.h>
+
+#include "mome/checkpoint.h"
+#include "mome/common.h"
+#include "mome/config.h"
+#include "mome/corpus.h"
+#include "mome/data.h"
+#include "mome/tokenizer.h"
+#include "mome/train.h"
+
+#ifndef MOME_VERSION
+#define MOME_VERSION "0.1.0"
+#endif
+
+enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
+
+static const char *usage_main =
+    "usage: mome <verb> [options]\n"
+    "\n"
+    "mome trains Mixture-of-Experts language models distilled from a teacher, on CPU clusters (MPI).\n"
+    "\n"
+    "verbs:\n"
+    "  data build [--out DIR] [--domain NAME=PATH ...] [--vocab N]\n"
+    "                            build a corpus: tokenizer and token shards (default: the embedded corpus)\n"
+    "  train CONFIG [section.key=value ...]\n"
+    "                            train (run under mpirun for more than one rank)\n"
+    "  eval CHECKPOINT [--data DIR]\n"
+    "                            per-domain validation loss and perplexity\n"
+    "  generate CHECKPOINT [--prompt TEXT] [--tokens N]\n"
+    "                            sample a continuation\n"
+    "\n"
+    "`mome VERB --help` describes a verb. Documentation: README.md and docs/.\n";
+
+static const char *usage_data =
+    "usage: mome data build [--out DIR] [--domain NAME=PATH ...] [--vocab N] [--val-fraction F]\n"
+    "                       [--max-mb-per-domain N]\n"
+    "\n"
+    "Builds a corpus: raw/<domain>/{train,val}.jsonl, tokenizer.h5 (byte-level BPE), tokens/<domain>.h5.\n"
+    "Without --domain it builds the embedded default corpus (en, fr, de, python) from the Debian packages\n"
+    "manpages, manpages-fr, manpages-de, debian-reference-{en,fr,de} and the python3 standard library.\n"
+    "\n"
+    "  --out DIR              output directory (default data/default)\n"
+    "  --domain NAME=PATH     a domain made of every file under PATH (repeat for each domain)\n"
+    "  --vocab N              vocabulary size (default 4096)\n"
+    "  --val-fraction F       share of documents held out for validation (default 0.05)\n"
+    "  --max-mb-per-domain N  cap on raw text per domain before balancing\n";
+
+static const char *usage_train =
+    "usage: mome train CONFIG [section.key=value ...]\n"
+    "       mpirun -np N mome train CONFIG [section.key=value ...]\n"
+    "\n"
+    "Trains the model described by the INI file CONFIG; any key can be overridden as section.key=value.\n"
+    "Checkpoints go to <checkpoint.dir>/<train.run_name>/, metrics to runs/<train.run_name>/metrics.jsonl.\n"
+    "train.resume=auto continues from the latest checkpoint. SIGTERM or SIGUSR1 makes every rank stop at the\n"
+    "same step after a checkpoint, with exit code 75.\n"
+    "\n"
+    "  --help-config          list every section and key with its default and range\n";
+
+static const char *usage_eval =
+    "usage: mome eval CHECKPOINT [--data DIR] [--windows N]\n"
+    "\n"
+    "Prints the validation loss and perplexity per domain of the model in CHECKPOINT.\n"
+    "  --data DIR    corpus to evaluate on (default: the data.dir the model was trained with)\n"
+    "  --windows N   validation sequences per domain (default: all)\n";
+
+static const char *usage_generate =
+    "usage: mome generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "                     [--data DIR]\n"
+    "\n"
+    "Samples a continuation of TEXT (default: empty, start of a document) from the model in CHECKPOINT.\n"
+    "  --tokens N        tokens to generate (default 100)\n"
+    "  --temperature T   sampling temperature; 0 takes the most likely token (default 0.8)\n"
+    "  --top-k K         sample among the K most likely tokens; 0 = all (default 40)\n"
+    "  --seed S          random seed (default 1)\n"
+    "  --data DIR        corpus whose tokenizer to use (default: the model's data.dir)\n";
+
+static int is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
+
+static int fail(const char *verb) {
+    const char *msg = mome_error_message();
+    fprintf(stderr, "mome %s: error: %s\n", verb, msg[0] ? msg : "failed");
+    return EXIT_ERROR;
+}
+
+static int parse_long(const char *s, long *out) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *s, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---- mome data build ---- */
+
+static int cmd_data(int argc, char **argv) {
+    if (argc < 2 || is_help(argv[1])) {
+        fputs(usage_data, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    if (strcmp(argv[1], "build") != 0) {
+        fprintf(stderr, "mome data: unknown subcommand '%s'\n%s", argv[1], usage_data);
+        return EXIT_USAGE;
+    }
+    mome_data_build_opts o;
+    mome_data_build_defaults(&o);
+    mome_domain_spec specs[32];
+    size_t n_specs = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long lv;
+        double dv;
+        if (is_help(a)) {
+            fputs(usage_data, stdout);
+            return 0;
+        } else if (strcmp(a, "--out") == 0 && v) {
+            o.out_dir = v, i++;
+        } else if (strcmp(a, "--vocab") == 0 && v) {
+            if (parse_long(v, &lv) || lv < MOME_TOK_FIRST_MERGE || lv > 65536) {
+                fprintf(stderr, "mome data build: --vocab %s: expected an integer in [%d, 65536]\n", v,
+                        MOME_TOK_FIRST_MERGE);
+                return EXIT_USAGE;
+            }
+            o.vocab_size = (int)lv, i++;
+        } else if (strcmp(a, "--val-fraction") == 0 && v) {
+            if (parse_double(v, &dv) || !(dv > 0 && dv < 0.5)) {
+                fprintf(stderr, "mome data build: --val-fraction %s: expected a number in (0, 0.5)\n", v);
+                return EXIT_USAGE;
+            }
+            o.val_fraction = dv, i++;
+        } else if (strcmp(a, "--max-mb-per-domain") == 0 && v) {
+            if (parse_double(v, &dv) || !(dv > 0)) {
+                fprintf(stderr, "mome data build: --max-mb-per-domain %s: expected a positive number\n", v);
+                return EXIT_USAGE;
+            }
+            o.max_bytes_per_domain = (size_t)(dv * 1048576.0), i++;
+        } else if (strcmp(a, "--domain") == 0 && v) {
+            const char *eq = strchr(v, '=');
+            if (!eq || eq == v || !eq[1] || (size_t)(eq - v) >= sizeof specs[0].name) {
+                fprintf(stderr, "mome data build: --domain %s: expected NAME=PATH\n", v);
+                return EXIT_USAGE;
+            }
+            if (n_specs == sizeof specs / sizeof specs[0]) {
+                fprintf(stderr, "mome data build: too many domains\n");
+                return EXIT_USAGE;
+            }
+            snprintf(specs[n_specs].name, sizeof specs[n_specs].name, "%.*s", (int)(eq - v), v);
+            specs[n_specs].path = (char *)(eq + 1);
+            n_specs++, i++;
+        } else {
+            fprintf(stderr, "mome data build: unknown or incomplete option '%s'\n%s", a, usage_data);
+            return EXIT_USAGE;
+        }
+    }
+    o.domains = n_specs ? specs : NULL;
+    o.n_domains = n_specs;
+    return mome_data_build(&o) == MOME_OK ? 0 : fail("data build");
+}
+
+/* ---- mome train ---- */
+
+static int cmd_train(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "--help-config") == 0) {
+        mome_config_print_schema(stdout);
+        return 0;
+    }
+    if (argc < 2 || is_help(argv[1])) {
+        fputs(usage_train, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    MPI_Init(NULL, NULL);
+    int rank, world;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    mome_log_set_rank(rank, world);
+
+    /* Rank 0 parses and validates; the others receive the resolved text. */
+    mome_config cfg;
+    mome_config_defaults(&cfg);
+    char *text = NULL;
+    long len = 0;
+    int rc = MOME_OK;
+    if (rank == 0) {
+        rc = mome_config_load_file(&cfg, argv[1]);
+        for (int i = 2; i < argc && rc == MOME_OK; i++) rc = mome_config_override(&cfg, argv[i]);
+        if (rc == MOME_OK) rc = mome_config_validate(&cfg);
+        if (rc == MOME_OK) {
+            text = mome_config_to_string(&cfg);
+            len = (long)strlen(text) + 1;
+        } else {
+            fail("train");
+        }
+    }
+    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (rc != MOME_OK) {
+        MPI_Finalize();
+        return EXIT_ERROR;
+    }
+    MPI_Bcast(&len, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    if (rank != 0) text = mome_malloc((size_t)len);
+    MPI_Bcast(text, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (rank != 0) {
+        rc = mome_config_load_string(&cfg, text, "config from rank 0");
+        MOME_CHECK(rc == MOME_OK, "rank %d: cannot parse the configuration broadcast by rank 0: %s", rank,
+                   mome_error_message());
+    }
+    mome_free(text);
+
+    mome_set_threads(cfg.train.threads);
+    rc = mome_train(&cfg, MPI_COMM_WORLD);
+    int code = 0;
+    if (rc == MOME_ESTOP) code = MOME_EXIT_STOPPED;
+    else if (rc != MOME_OK) code = fail("train");
+    MPI_Finalize();
+    return code;
+}
+
+/* ---- mome eval / generate: load a checkpoint and its corpus ---- */
+
+typedef struct {
+    mome_config cfg;
+    mome_gpt model;
+    mome_dataset ds;
+} loaded;
+
+static int load_checkpoint_and_data(const char *ckpt, const char *data_dir, loaded *L) {
+    memset(L, 0, sizeof *L);
+    int rc = mome_load_model(ckpt, &L->cfg, &L->model);
+    if (rc) return rc;
+    mome_ckpt_info info;
+    rc = mome_ckpt_read_info(ckpt, &info);
+    if (rc) return rc;
+    const char *dir = data_dir ? data_dir : L->cfg.data.dir;
+    rc = mome_dataset_open(&L->ds, dir, data_dir ? "" : L->cfg.data.domains);
+    if (rc == MOME_OK && strcmp(info.tokenizer_hash, L->ds.tokenizer_hash) != 0)
+        rc = mome_error_set(MOME_EMISMATCH,
+                            "%s was trained with tokenizer %s, but corpus %s has tokenizer %s (use --data DIR)", ckpt,
+                            info.tokenizer_hash, dir, L->ds.tokenizer_hash);
+    mome_ckpt_info_free(&info);
+    return rc;
+}
+
+static void unload(loaded *L) {
+    mome_dataset_close(&L->ds);
+    mome_gpt_free(&L->model);
+}
+
+static int cmd_eval(int argc, char **argv) {
+    if (argc < 2 || is_help(argv[1])) {
+        fputs(usage_eval, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    const char *data_dir = NULL;
+    long windows = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(argv[i], "--data") == 0 && v) {
+            data_dir = v, i++;
+        } else if (strcmp(argv[i], "--windows") == 0 && v) {
+            if (parse_long(v, &windows) || windows < 1) {
+                fprintf(stderr, "mome eval: --windows %s: expected a positive integer\n", v);
+                return EXIT_USAGE;
+            }
+            i++;
+        } else {
+            fprintf(stderr, "mome eval: unknown or incomplete option '%s'\n%s", argv[i], usage_eval);
+            return EXIT_USAGE;
+        }
+    }
+    MPI_Init(NULL, NULL);
+    int rank, world;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    mome_log_set_rank(rank, world);
+    mome_set_threads(0);
+    loaded L;
+    int rc = load_checkpoint_and_data(argv[1], data_dir, &L);
+    int worst = rc;
+    MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    int code = 0;
+    if (worst == MOME_OK) {
+        int B = L.cfg.train.batch_size / world > 0 ? L.cfg.train.batch_size / world : 1;
+        rc = mome_gpt_reserve(&L.model, B, L.cfg.model.seq_len);
+        mome_eval_result r;
+        if (rc == MOME_OK) rc = mome_evaluate(&L.model, &L.ds, L.cfg.model.seq_len, B, windows, MPI_COMM_WORLD, &r);
+        if (rc == MOME_OK && rank == 0) {
+            printf("checkpoint %s on %s\n", argv[1], L.ds.dir);
+            mome_eval_print(stdout, NULL, &r);
+        }
+        if (rc) code = fail("eval");
+    } else if (rc != MOME_OK) {
+        code = fail("eval");
+    } else {
+        code = EXIT_ERROR;
+    }
+    unload(&L);
+    MPI_Finalize();
+    return code;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    if (argc < 2 || is_help(argv[1])) {
+        fputs(usage_generate, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    const char *prompt = "", *data_dir = NULL;
+    long n_tokens = 100, top_k = 40, seed = 1;
+    double temperature = 0.8;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!v) bad = 1;
+        else if (strcmp(a, "--prompt") == 0) prompt = v;
+        else if (strcmp(a, "--data") == 0) data_dir = v;
+        else if (strcmp(a, "--tokens") == 0) bad = parse_long(v, &n_tokens) || n_tokens < 1 || n_tokens > 100000;
+        else if (strcmp(a, "--top-k") == 0) bad = parse_long(v, &top_k) || top_k < 0;
+        else if (strcmp(a, "--seed") == 0) bad = parse_long(v, &seed);
+        else if (strcmp(a, "--temperature") == 0) bad = parse_double(v, &temperature) || temperature < 0;
+        else bad = 1;
+        if (bad) {
+            fprintf(stderr, "mome generate: bad, unknown or incomplete option '%s%s%s'\n%s", a, v ? " " : "",
+                    v ? v : "", usage_generate);
+            return EXIT_USAGE;
+        }
+        i++;
+    }
+    mome_set_threads(0);
+    loaded L;
+    int rc = load_checkpoint_and_data(argv[1], data_dir, &L);
+    if (rc) {
+        unload(&L);
+        return fail("generate");
+    }
+    uint32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    rc = mome_tokenizer_encode(L.ds.tok, prompt, strlen(prompt), &ids, &n, &cap);
+    int32_t *ctx = mome_malloc((n + 1) * sizeof *ctx);
+    ctx[0] = MOME_TOK_BOS;
+    for (size_t i = 0; i < n; i++) ctx[i + 1] = (int32_t)ids[i];
+    free(ids);
+    int32_t *out = mome_malloc((size_t)n_tokens * sizeof *out);
+    int got = rc ? rc : mome_generate(&L.model, ctx, (int)n + 1, (int)n_tokens, (float)temperature, (int)top_k,
+                                      (uint64_t)seed, out);
+    int code = 0;
+    if (got < 0) {
+        code = fail("generate");
+    } else {
+        uint32_t *u = mome_malloc(((size_t)got + 1) * sizeof *u);
+        for (int i = 0; i < got; i++) u[i] = (uint32_t)out[i];
+        size_t need = mome_tokenizer_decode(L.ds.tok, u, (size_t)got, NULL, 0);
+        char *text = mome_malloc(need + 1);
+        mome_tokenizer_decode(L.ds.tok, u, (size_t)got, text, need);
+        text[need] = 0;
+        printf("%s%s\n", prompt, text);
+        mome_free(text);
+        mome_free(u);
+    }
+    mome_free(out);
+    mome_free(ctx);
+    unload(&L);
+    return code;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || is_help(argv[1])) {
+        fputs(usage_main, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("mome %s\n", MOME_VERSION);
+        return 0;
+    }
+    const char *verb = argv[1];
+    if (strcmp(verb, "data") == 0) return cmd_data(argc - 1, argv + 1);
+    if (strcmp(verb, "train") == 0) return cmd_train(argc - 1, argv + 1);
+    if (strcmp(verb, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
+    if (strcmp(verb, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    fprintf(stderr, "mome: unknown verb '%s'\n\n%s", verb, usage_main);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,91 @@
+/* generate.c — sampling a continuation from a model (temperature, top-k), deterministic for a seed.
+ *
+ * Each new token reruns the forward pass over the (cropped) context; the models mome trains on CPUs are small
+ * and prompts short, so a KV cache is not worth its complexity here.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "mome/common.h"
+#include "mome/rng.h"
+#include "mome/tokenizer.h"
+#include "mome/train.h"
+
+int mome_generate(mome_gpt *m, const int32_t *prompt, int n_prompt, int n_tokens, float temperature, int top_k,
+                  uint64_t seed, int32_t *out) {
+    const int Tmax = m->cfg.seq_len, V = m->cfg.vocab_size;
+    if (n_prompt < 1) return mome_error_set(MOME_EINVAL, "generate: the prompt needs at least one token");
+    if (m->max_B < 1 || m->max_T < Tmax) {
+        int rc = mome_gpt_reserve(m, 1, Tmax);
+        if (rc) return rc;
+    }
+    int total = n_prompt + n_tokens;
+    int32_t *ctx = mome_malloc((size_t)total * sizeof *ctx);
+    float *probs = mome_malloc((size_t)V * sizeof *probs);
+    memcpy(ctx, prompt, (size_t)n_prompt * sizeof *ctx);
+    mome_rng rng;
+    mome_rng_stream(&rng, seed, 0x9e7e, 0);
+    int n = n_prompt;
+    for (int i = 0; i < n_tokens; i++, n++) {
+        int start = n > Tmax ? n - Tmax : 0;
+        int T = n - start;
+        mome_gpt_forward(m, ctx + start, 1, T);
+        const float *logits = m->logits + (size_t)(T - 1) * V;
+        int next;
+        if (temperature <= 0.0f) {
+            next = 0;
+            for (int v = 1; v < V; v++)
+                if (logits[v] > logits[next]) next = v;
+        } else {
+            float mx = -INFINITY;
+            for (int v = 0; v < V; v++) mx = fmaxf(mx, logits[v]);
+            float thresh = -INFINITY;
+            if (top_k > 0 && top_k < V) {
+                /* The k-th largest logit by partial selection. */
+                for (int v = 0; v < V; v++) probs[v] = logits[v];
+                int lo = 0, hi = V - 1, k = top_k - 1;
+                while (lo < hi) {
+                    float pivot = probs[(lo + hi) / 2];
+                    int a = lo, b = hi;
+                    while (a <= b) {
+                        while (probs[a] > pivot) a++;
+                        while (probs[b] < pivot) b--;
+                        if (a <= b) {
+                            float t = probs[a];
+                            probs[a] = probs[b];
+                            probs[b] = t;
+                            a++, b--;
+                        }
+                    }
+                    if (k <= b) hi = b;
+                    else if (k >= a) lo = a;
+                    else break;
+                }
+                thresh = probs[k];
+            }
+            double sum = 0.0;
+            for (int v = 0; v < V; v++) {
+                probs[v] = logits[v] >= thresh ? expf((logits[v] - mx) / temperature) : 0.0f;
+                sum += probs[v];
+            }
+            double r = (double)mome_rng_uniform(&rng) * sum, acc = 0.0;
+            next = V - 1;
+            for (int v = 0; v < V; v++) {
+                acc += probs[v];
+                if (probs[v] > 0.0f && r < acc) {
+                    next = v;
+                    break;
+                }
+            }
+        }
+        ctx[n] = next;
+        out[i] = next;
+        if (next == MOME_TOK_EOS) {
+            n++;
+            break;
+        }
+    }
+    mome_free(probs);
+    mome_free(ctx);
+    return n - n_prompt;
+}

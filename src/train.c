@@ -1,0 +1,499 @@
+/* train.c — the training loop: data-parallel over the ranks of a communicator, AdamW, evaluation, metrics,
+ * checkpoints with exact resume, and a clean stop on SIGTERM/SIGUSR1.
+ *
+ * Every rank holds the whole (dense) model and processes batch_size/world sequences of each micro-batch;
+ * gradients are summed with MPI_Allreduce after the last micro-batch. The model, loss and optimizer kernels
+ * live in model.c, loss.c and optim.c; this file only orchestrates them.
+ */
+#include "mome/train.h"
+
+#include <cblas.h>
+#include <jansson.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mome/checkpoint.h"
+#include "mome/common.h"
+#include "mome/loss.h"
+#include "mome/optim.h"
+#include "mome/rng.h"
+
+int mome_set_threads(int n) {
+    if (n <= 0) {
+        const char *env = getenv("OMP_NUM_THREADS");
+        n = env && atoi(env) > 0 ? atoi(env) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        if (n <= 0) n = 1;
+    }
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+    return n;
+}
+
+/* All ranks agree on a status: the worst (most negative) one wins, so either every rank goes on or every rank
+ * returns an error and none is left waiting in a collective. */
+static int agree(int rc, MPI_Comm comm) {
+    int worst = rc;
+    MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MIN, comm);
+    if (worst != MOME_OK && rc == MOME_OK)
+        rc = mome_error_set(worst, "stopping because another rank failed (its message is above)");
+    return rc;
+}
+
+static int model_config_from(const mome_config *cfg, int vocab, mome_gpt_config *mc) {
+    if (cfg->model.vocab_size != 0 && cfg->model.vocab_size != vocab)
+        return mome_error_set(MOME_EMISMATCH, "[model] vocab_size = %d but the corpus tokenizer has %d tokens",
+                              cfg->model.vocab_size, vocab);
+    mc->vocab_size = vocab;
+    mc->seq_len = cfg->model.seq_len;
+    mc->n_layer = cfg->model.n_layer;
+    mc->n_head = cfg->model.n_head;
+    mc->d_model = cfg->model.d_model;
+    mc->d_ff = cfg->model.d_ff > 0 ? cfg->model.d_ff : 4 * cfg->model.d_model;
+    return mome_gpt_config_check(mc);
+}
+
+/* ---- evaluation ---- */
+
+int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_windows, MPI_Comm comm,
+                  mome_eval_result *out) {
+    int rank, world;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &world);
+    MOME_CHECK(B >= 1 && B <= m->max_B && T <= m->max_T, "evaluate: batch %dx%d exceeds reserved %dx%d", B, T,
+               m->max_B, m->max_T);
+    int32_t *buf = mome_malloc((size_t)B * (size_t)(T + 1) * sizeof *buf);
+    int32_t *inp = mome_malloc((size_t)B * (size_t)T * sizeof *inp);
+    int32_t *tgt = mome_malloc((size_t)B * (size_t)T * sizeof *tgt);
+    double sums[2 * MOME_MAX_DOMAINS] = {0};
+    memset(out, 0, sizeof *out);
+    out->n_domains = ds->n_domains;
+    for (int d = 0; d < ds->n_domains; d++) {
+        snprintf(out->name[d], sizeof out->name[d], "%s", ds->domains[d].name);
+        size_t W = mome_dataset_val_windows(ds, d, T);
+        if (max_windows > 0 && W > (size_t)max_windows) W = (size_t)max_windows;
+        size_t w = (size_t)rank;
+        while (w < W) {
+            int b = 0;
+            for (; b < B && w < W; b++, w += (size_t)world) {
+                mome_dataset_val_window(ds, d, w, T, buf + (size_t)b * (size_t)(T + 1));
+                memcpy(inp + (size_t)b * T, buf + (size_t)b * (T + 1), (size_t)T * sizeof *inp);
+                memcpy(tgt + (size_t)b * T, buf + (size_t)b * (T + 1) + 1, (size_t)T * sizeof *tgt);
+            }
+            mome_gpt_forward(m, inp, b, T);
+            size_t valid = 0;
+            sums[2 * d] += mome_xent_forward_backward(m->logits, tgt, (size_t)b * T, m->cfg.vocab_size, 0.0f, &valid);
+            sums[2 * d + 1] += (double)valid;
+        }
+    }
+    MPI_Allreduce(MPI_IN_PLACE, sums, 2 * ds->n_domains, MPI_DOUBLE, MPI_SUM, comm);
+    for (int d = 0; d < ds->n_domains; d++) {
+        out->tokens[d] = sums[2 * d + 1];
+        out->loss[d] = sums[2 * d + 1] > 0 ? sums[2 * d] / sums[2 * d + 1] : NAN;
+    }
+    mome_free(buf);
+    mome_free(inp);
+    mome_free(tgt);
+    return MOME_OK;
+}
+
+void mome_eval_print(FILE *out, const mome_eval_result *before, const mome_eval_result *after) {
+    if (before) {
+        fprintf(out, "%-10s %10s %10s   %10s %10s %10s\n", "domain", "loss@start", "ppl@start", "loss", "ppl",
+                "tokens");
+        for (int d = 0; d < after->n_domains; d++)
+            fprintf(out, "%-10s %10.4f %10.2f   %10.4f %10.2f %10.0f\n", after->name[d], before->loss[d],
+                    exp(before->loss[d]), after->loss[d], exp(after->loss[d]), after->tokens[d]);
+    } else {
+        fprintf(out, "%-10s %10s %10s %10s\n", "domain", "loss", "ppl", "tokens");
+        for (int d = 0; d < after->n_domains; d++)
+            fprintf(out, "%-10s %10.4f %10.2f %10.0f\n", after->name[d], after->loss[d], exp(after->loss[d]),
+                    after->tokens[d]);
+    }
+    fflush(out);
+}
+
+/* ---- loading ---- */
+
+int mome_load_model(const char *ckpt_path, mome_config *cfg, mome_gpt *m) {
+    mome_ckpt_info info;
+    int rc = mome_ckpt_read_info(ckpt_path, &info);
+    if (rc) return rc;
+    mome_config_defaults(cfg);
+    char origin[1100];
+    snprintf(origin, sizeof origin, "%s:/config", ckpt_path);
+    rc = mome_config_load_string(cfg, info.config_text, origin);
+    mome_ckpt_info_free(&info);
+    if (rc) return rc;
+    /* The stored config is the resolved one: vocab_size and d_ff are set. */
+    mome_gpt_config mc;
+    rc = model_config_from(cfg, cfg->model.vocab_size, &mc);
+    if (rc) return mome_error_wrap(rc, "%s", origin);
+    rc = mome_gpt_init(m, &mc);
+    if (rc) return rc;
+    rc = mome_ckpt_read_tensors(ckpt_path, &m->table, m->params, NULL, NULL);
+    if (rc) mome_gpt_free(m);
+    return rc;
+}
+
+/* ---- the training loop ---- */
+
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+typedef struct {
+    const mome_config *cfg;
+    MPI_Comm comm;
+    int rank, world;
+    int T, B, B_local, accum;
+    mome_dataset ds;
+    mome_gpt model;
+    mome_adamw opt;
+    mome_rng rng;          /* this rank's generator (saved in checkpoints; reserved for stochastic parts) */
+    uint64_t data_cursor;  /* samples drawn by this rank */
+    long step;             /* optimizer steps completed */
+    int64_t tokens_seen;
+    char ckpt_dir[600];
+    char run_dir[600];
+    char *config_text;     /* resolved config, with vocab_size and d_ff filled in */
+    FILE *metrics;         /* rank 0: runs/<run>/metrics.jsonl, appended */
+} trainer;
+
+static int save_checkpoint(trainer *tr) {
+    uint64_t mine[5];
+    memcpy(mine, tr->rng.s, sizeof tr->rng.s);
+    mine[4] = tr->data_cursor;
+    uint64_t *all = tr->rank == 0 ? mome_malloc((size_t)tr->world * 5 * sizeof *all) : NULL;
+    MPI_Gather(mine, 5, MPI_UINT64_T, all, 5, MPI_UINT64_T, 0, tr->comm);
+    int rc = MOME_OK;
+    if (tr->rank == 0) {
+        uint64_t *rngs = mome_malloc((size_t)tr->world * 4 * sizeof *rngs);
+        uint64_t *cursors = mome_malloc((size_t)tr->world * sizeof *cursors);
+        for (int r = 0; r < tr->world; r++) {
+            memcpy(rngs + 4 * r, all + 5 * r, 4 * sizeof *rngs);
+            cursors[r] = all[5 * r + 4];
+        }
+        mome_ckpt_save_args a = {
+            .step = tr->step,
+            .tokens_seen = tr->tokens_seen,
+            .world_size = tr->world,
+            .config_text = tr->config_text,
+            .tokenizer_hash = tr->ds.tokenizer_hash,
+            .model_kind = "gpt",
+            .table = &tr->model.table,
+            .params = tr->model.params,
+            .adam_m = tr->opt.m,
+            .adam_v = tr->opt.v,
+            .adam_step = tr->opt.step,
+            .n_streams = tr->world,
+            .rng_states = rngs,
+            .data_cursors = cursors,
+        };
+        char path[1024];
+        double t0 = mome_now();
+        rc = mome_ckpt_save(tr->ckpt_dir, &a, tr->cfg->checkpoint.keep, path, sizeof path);
+        if (rc == MOME_OK)
+            mome_info("checkpoint: %s (step %ld, %.2f s)", path, tr->step, mome_now() - t0);
+        else
+            mome_log(MOME_LOG_ERROR, "checkpoint at step %ld failed: %s", tr->step, mome_error_message());
+        mome_free(rngs);
+        mome_free(cursors);
+        mome_free(all);
+    }
+    MPI_Bcast(&rc, 1, MPI_INT, 0, tr->comm);
+    return rc;
+}
+
+/* Restores model, optimizer, step and per-rank state from a checkpoint; every rank reads the file. */
+static int resume_from(trainer *tr, const char *path) {
+    mome_ckpt_info info;
+    int rc = mome_ckpt_read_info(path, &info);
+    if (rc) return rc;
+    if (strcmp(info.tokenizer_hash, tr->ds.tokenizer_hash) != 0) {
+        rc = mome_error_set(MOME_EMISMATCH, "%s: trained with tokenizer %s, but corpus %s has tokenizer %s", path,
+                            info.tokenizer_hash, tr->ds.dir, tr->ds.tokenizer_hash);
+    } else if (strcmp(info.model_kind, "gpt") != 0) {
+        rc = mome_error_set(MOME_EMISMATCH, "%s: holds a '%s' model, this run trains 'gpt'", path, info.model_kind);
+    }
+    if (rc == MOME_OK)
+        rc = mome_ckpt_read_tensors(path, &tr->model.table, tr->model.params, tr->opt.m, tr->opt.v);
+    if (rc == MOME_OK) {
+        tr->step = (long)info.step;
+        tr->tokens_seen = info.tokens_seen;
+        tr->opt.step = (long)info.adam_step;
+        if (info.n_streams == tr->world) {
+            memcpy(tr->rng.s, info.rng_states + 4 * tr->rank, sizeof tr->rng.s);
+            tr->data_cursor = info.data_cursors[tr->rank];
+        } else {
+            /* Another world size wrote it: the samples are global, so only the per-rank streams are re-derived. */
+            mome_rng_stream(&tr->rng, tr->cfg->train.seed, 0x7a11, (uint64_t)tr->rank + 1000003u * (uint64_t)info.step);
+            tr->data_cursor = (uint64_t)info.step * (uint64_t)tr->accum * (uint64_t)tr->B_local;
+            mome_info("resume: checkpoint written by %d ranks, continuing on %d", info.n_streams, tr->world);
+        }
+        if (strcmp(info.config_text, tr->config_text) != 0)
+            mome_warn("resume: the configuration differs from the one stored in %s; the run continues with the new "
+                      "one (losses may not match an uninterrupted run)", path);
+    }
+    mome_ckpt_info_free(&info);
+    return rc;
+}
+
+static void log_step(trainer *tr, double loss, float lr, double gnorm, double step_s, double tok_s) {
+    const mome_config *cfg = tr->cfg;
+    if (tr->rank != 0) return;
+    if (cfg->train.log_every > 0 && (tr->step % cfg->train.log_every == 0 || tr->step == cfg->train.steps ||
+                                     tr->step == 1)) {
+        double eta = step_s * (double)(cfg->train.steps - tr->step);
+        mome_info("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f ms | %.0f tok/s | eta %.0fs", tr->step,
+                  cfg->train.steps, loss, lr, gnorm, step_s * 1e3, tok_s, eta);
+    }
+    if (tr->metrics) {
+        json_t *o = json_pack("{s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:f}", "event", "train", "step", (json_int_t)tr->step,
+                              "tokens_seen", (json_int_t)tr->tokens_seen, "loss", isfinite(loss) ? loss : -1.0, "lr",
+                              (double)lr, "grad_norm", isfinite(gnorm) ? gnorm : -1.0, "step_ms", step_s * 1e3,
+                              "tokens_per_s", tok_s);
+        if (!isfinite(loss)) json_object_set_new(o, "loss", json_null());
+        if (!isfinite(gnorm)) json_object_set_new(o, "grad_norm", json_null());
+        char *line = json_dumps(o, JSON_COMPACT);
+        fprintf(tr->metrics, "%s\n", line);
+        fflush(tr->metrics);
+        free(line);
+        json_decref(o);
+    }
+}
+
+static void log_eval(trainer *tr, const mome_eval_result *r) {
+    if (tr->rank != 0 || !tr->metrics) return;
+    json_t *dom = json_object();
+    for (int d = 0; d < r->n_domains; d++)
+        json_object_set_new(dom, r->name[d], isfinite(r->loss[d]) ? json_real(r->loss[d]) : json_null());
+    json_t *o = json_pack("{s:s, s:I, s:o}", "event", "eval", "step", (json_int_t)tr->step, "val_loss", dom);
+    char *line = json_dumps(o, JSON_COMPACT);
+    fprintf(tr->metrics, "%s\n", line);
+    fflush(tr->metrics);
+    free(line);
+    json_decref(o);
+}
+
+static int run_eval(trainer *tr, mome_eval_result *r) {
+    int rc = mome_evaluate(&tr->model, &tr->ds, tr->T, tr->B_local,
+                           (long)tr->cfg->train.eval_batches * tr->B, tr->comm, r);
+    if (rc == MOME_OK) log_eval(tr, r);
+    return rc;
+}
+
+static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
+    memset(tr, 0, sizeof *tr);
+    tr->cfg = cfg;
+    tr->comm = comm;
+    MPI_Comm_rank(comm, &tr->rank);
+    MPI_Comm_size(comm, &tr->world);
+    tr->T = cfg->model.seq_len;
+    tr->B = cfg->train.batch_size;
+    tr->accum = cfg->train.grad_accum;
+    if (tr->B % tr->world != 0)
+        return mome_error_set(MOME_ECONFIG, "[train] batch_size = %d is not divisible by the %d ranks", tr->B,
+                              tr->world);
+    tr->B_local = tr->B / tr->world;
+    int rc = mome_dataset_open(&tr->ds, cfg->data.dir, cfg->data.domains);
+    if (rc) return rc;
+    for (int d = 0; d < tr->ds.n_domains; d++)
+        if (tr->ds.domains[d].n_train <= (size_t)tr->T + 1)
+            return mome_error_set(MOME_EINVAL, "domain %s has %zu train tokens, too few for seq_len %d",
+                                  tr->ds.domains[d].name, tr->ds.domains[d].n_train, tr->T);
+    mome_gpt_config mc;
+    rc = model_config_from(cfg, tr->ds.vocab_size, &mc);
+    if (rc) return rc;
+    rc = mome_gpt_init(&tr->model, &mc);
+    if (rc) return rc;
+    mome_gpt_init_weights(&tr->model, cfg->train.seed);
+    rc = mome_gpt_reserve(&tr->model, tr->B_local, tr->T);
+    if (rc) return rc;
+    mome_adamw_config oc = {
+        .lr = cfg->train.lr,
+        .min_lr = cfg->train.min_lr,
+        .warmup_steps = cfg->train.warmup_steps,
+        .total_steps = (int)cfg->train.steps,
+        .beta1 = cfg->train.beta1,
+        .beta2 = cfg->train.beta2,
+        .eps = cfg->train.eps,
+        .weight_decay = cfg->train.weight_decay,
+        .grad_clip = cfg->train.grad_clip,
+    };
+    rc = mome_adamw_init(&tr->opt, &oc, tr->model.table.total);
+    if (rc) return rc;
+    mome_rng_stream(&tr->rng, cfg->train.seed, 0x7a11, (uint64_t)tr->rank);
+
+    /* The resolved config records what the model really is (vocabulary, MLP width). */
+    mome_config resolved = *cfg;
+    resolved.model.vocab_size = mc.vocab_size;
+    resolved.model.d_ff = mc.d_ff;
+    snprintf(resolved.train.resume, sizeof resolved.train.resume, "none");
+    tr->config_text = mome_config_to_string(&resolved);
+
+    snprintf(tr->ckpt_dir, sizeof tr->ckpt_dir, "%s/%s", cfg->checkpoint.dir, cfg->train.run_name);
+    snprintf(tr->run_dir, sizeof tr->run_dir, "runs/%s", cfg->train.run_name);
+    return MOME_OK;
+}
+
+static void trainer_free(trainer *tr) {
+    if (tr->metrics) fclose(tr->metrics);
+    mome_free(tr->config_text);
+    mome_adamw_free(&tr->opt);
+    mome_gpt_free(&tr->model);
+    mome_dataset_close(&tr->ds);
+}
+
+static int trainer_resume(trainer *tr) {
+    const char *resume = tr->cfg->train.resume;
+    char path[1024];
+    if (strcmp(resume, "none") == 0) return MOME_OK;
+    if (strcmp(resume, "auto") == 0) {
+        int rc = mome_ckpt_latest(tr->ckpt_dir, path, sizeof path);
+        if (rc == MOME_ENOENT) {
+            mome_info("resume=auto: no checkpoint in %s yet, starting from scratch", tr->ckpt_dir);
+            return MOME_OK;
+        }
+        if (rc) return rc;
+    } else {
+        snprintf(path, sizeof path, "%s", resume);
+    }
+    int rc = resume_from(tr, path);
+    if (rc == MOME_OK) mome_info("resumed from %s at step %ld", path, tr->step);
+    return rc;
+}
+
+int mome_train(const mome_config *cfg, MPI_Comm comm) {
+    trainer tr;
+    int rc = agree(trainer_setup(&tr, cfg, comm), comm);
+    if (rc == MOME_OK) rc = agree(trainer_resume(&tr), comm);
+    if (rc == MOME_OK && tr.rank == 0) {
+        int mk = mome_mkdirs(tr.run_dir);
+        char mpath[700];
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", tr.run_dir);
+        if (mk == MOME_OK && !(tr.metrics = fopen(mpath, "a")))
+            mk = mome_error_set(MOME_EIO, "%s: cannot open for appending", mpath);
+        rc = mk;
+    }
+    rc = agree(rc, comm);
+    if (rc) {
+        trainer_free(&tr);
+        return rc;
+    }
+    const int T = tr.T, Bl = tr.B_local;
+    const mome_gpt_config *mc = &tr.model.cfg;
+    if (tr.rank == 0) {
+        mome_info("model: gpt, %d layers, d_model %d, %d heads, d_ff %d, vocab %d, seq_len %d: %.2fM parameters",
+                  mc->n_layer, mc->d_model, mc->n_head, mc->d_ff, mc->vocab_size, mc->seq_len,
+                  (double)tr.model.table.total / 1e6);
+        mome_info("data: %s, %d domains; batch %d x %d tokens x %d accumulation over %d rank(s), %d thread(s) each",
+                  tr.ds.dir, tr.ds.n_domains, tr.B, T, tr.accum, tr.world, omp_get_max_threads());
+    }
+
+    struct sigaction sa, old_term, old_usr1;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGUSR1, &sa, &old_usr1);
+    stop_signal = 0;
+
+    mome_eval_result before = {0}, after = {0};
+    int have_before = 0;
+    if (tr.step == 0) {
+        run_eval(&tr, &before);
+        have_before = 1;
+        if (tr.rank == 0) {
+            mome_info("validation before training:");
+            mome_eval_print(stdout, NULL, &before);
+        }
+    }
+
+    int32_t *buf = mome_malloc((size_t)Bl * (size_t)(T + 1) * sizeof *buf);
+    int32_t *inp = mome_malloc((size_t)Bl * (size_t)T * sizeof *inp);
+    int32_t *tgt = mome_malloc((size_t)Bl * (size_t)T * sizeof *tgt);
+    const float grad_scale = 1.0f / ((float)tr.B * (float)T * (float)tr.accum);
+    const int every = cfg->checkpoint.every;
+    const int eval_every = cfg->train.eval_every;
+    const long steps = cfg->train.steps;
+    int stopped = 0;
+
+    while (tr.step < steps) {
+        double t0 = mome_now();
+        mome_gpt_zero_grad(&tr.model);
+        double loss_sum = 0.0;
+        for (int micro = 0; micro < tr.accum; micro++) {
+            uint64_t base = ((uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro) * (uint64_t)tr.B +
+                            (uint64_t)tr.rank * (uint64_t)Bl;
+            for (int b = 0; b < Bl; b++) {
+                int32_t *row = buf + (size_t)b * (T + 1);
+                mome_dataset_sample(&tr.ds, cfg->train.seed, base + (uint64_t)b, T, row, NULL);
+                memcpy(inp + (size_t)b * T, row, (size_t)T * sizeof *inp);
+                memcpy(tgt + (size_t)b * T, row + 1, (size_t)T * sizeof *tgt);
+            }
+            tr.data_cursor += (uint64_t)Bl;
+            mome_gpt_forward(&tr.model, inp, Bl, T);
+            size_t valid = 0;
+            loss_sum += mome_xent_forward_backward(tr.model.logits, tgt, (size_t)Bl * T, mc->vocab_size, grad_scale,
+                                                   &valid);
+            mome_gpt_backward(&tr.model, inp, Bl, T);
+        }
+        if (tr.world > 1) {
+            MPI_Allreduce(MPI_IN_PLACE, tr.model.grads, (int)tr.model.table.total, MPI_FLOAT, MPI_SUM, comm);
+            MPI_Allreduce(MPI_IN_PLACE, &loss_sum, 1, MPI_DOUBLE, MPI_SUM, comm);
+        }
+        double loss = loss_sum / ((double)tr.B * T * tr.accum);
+        double gnorm = mome_grad_norm(tr.model.grads, tr.model.table.total);
+        float clip = 1.0f;
+        if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip) clip = (float)(cfg->train.grad_clip / gnorm);
+        float lr = mome_lr_at(&tr.opt.cfg, tr.step);
+        if (isfinite(gnorm))
+            mome_adamw_update(&tr.opt, &tr.model.table, tr.model.params, tr.model.grads, lr, clip);
+        else
+            mome_warn("step %ld: non-finite gradient norm, update skipped", tr.step + 1);
+        tr.step++;
+        tr.tokens_seen += (int64_t)tr.B * T * tr.accum;
+        double dt = mome_now() - t0;
+        log_step(&tr, loss, lr, gnorm, dt, (double)tr.B * T * tr.accum / dt);
+
+        if (eval_every > 0 && tr.step % eval_every == 0 && tr.step < steps) {
+            mome_eval_result r;
+            run_eval(&tr, &r);
+            if (tr.rank == 0) {
+                char line[1024];
+                int off = snprintf(line, sizeof line, "eval step %ld |", tr.step);
+                for (int d = 0; d < r.n_domains && off < (int)sizeof line; d++)
+                    off += snprintf(line + off, sizeof line - (size_t)off, " %s %.4f", r.name[d], r.loss[d]);
+                mome_info("%s", line);
+            }
+        }
+        int sig = stop_signal, any = 0;
+        MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, comm);
+        if (any) {
+            mome_info("signal %d received: checkpointing at step %ld and stopping", any, tr.step);
+            rc = save_checkpoint(&tr);
+            stopped = 1;
+            break;
+        }
+        if (every > 0 && tr.step % every == 0 && tr.step < steps) save_checkpoint(&tr);
+    }
+    if (!stopped) {
+        run_eval(&tr, &after);
+        if (tr.rank == 0) {
+            mome_info("validation after %ld steps:", tr.step);
+            mome_eval_print(stdout, have_before ? &before : NULL, &after);
+        }
+        rc = save_checkpoint(&tr);
+    }
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGUSR1, &old_usr1, NULL);
+    mome_free(buf);
+    mome_free(inp);
+    mome_free(tgt);
+    trainer_free(&tr);
+    if (rc == MOME_OK && stopped) rc = mome_error_set(MOME_ESTOP, "stopped by signal after a checkpoint");
+    return rc;
+}
