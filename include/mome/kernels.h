@@ -1,0 +1,72 @@
+/* kernels.h — the numerical kernels of the dense GPT, in _forward/_backward pairs.
+ *
+ * Conventions (as in karpathy/llm.c train_gpt2.c):
+ *  - outputs first, then inputs and weights, then sizes; every buffer has a shape comment;
+ *  - tensors are row-major float32; weights are (out, in) like PyTorch nn.Linear;
+ *  - backward kernels ACCUMULATE (+=) into every gradient they write, so callers zero them first;
+ *  - every matrix product goes through cblas_sgemm (OpenBLAS); the *_ref variants are plain loops kept to test
+ *    the sgemm versions against;
+ *  - results are bit-identical from run to run for a given thread count: loops are split statically and no
+ *    reduction depends on scheduling.
+ * The losses (cross-entropy over the vocabulary) are in loss.h; composition into a model is in model.c.
+ */
+#ifndef MOME_KERNELS_H
+#define MOME_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- encoder: token + position embedding ---- */
+/* out (B,T,C) = wte[inp[b,t]] (V,C) + wpe[t] (T_max,C); inp is (B,T). */
+void mome_encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B, int T, int C);
+/* dwte (V,C) += scatter of dout (B,T,C) by token; dwpe (T_max,C) += sum over b. */
+void mome_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *inp, int B, int T, int C);
+
+/* ---- layernorm over the last dimension, eps 1e-5 ---- */
+/* out (N,C) = (inp - mean) * rstd * w (C) + b (C); mean, rstd (N) are saved for backward. */
+void mome_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                            size_t N, int C);
+/* dinp (N,C), dw (C), db (C) += ... from dout (N,C). */
+void mome_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                             const float *mean, const float *rstd, size_t N, int C);
+
+/* ---- matmul: out = inp · w^T + bias ---- */
+/* out (N,OC) = inp (N,IC) · w (OC,IC)^T + bias (OC); bias may be NULL. Overwrites out. */
+void mome_matmul_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC, int OC);
+/* dinp (N,IC) += dout · w; dw (OC,IC) += dout^T · inp; dbias (OC) += column sums of dout.
+ * dinp and dbias may be NULL (not needed). */
+void mome_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+                          size_t N, int IC, int OC);
+/* Naive-loop references with the same contract. */
+void mome_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC,
+                             int OC);
+void mome_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                              const float *w, size_t N, int IC, int OC);
+
+/* ---- causal multi-head self-attention ---- */
+/* qkv (B,T,3C) holds [q | k | v] per token, head h using channels [h*hs, (h+1)*hs) of each, hs = C/NH.
+ * out (B,T,C) = softmax(q k^T / sqrt(hs), causal) v per head; att (B,NH,T,T) receives the softmax
+ * probabilities (0 above the diagonal), which backward reuses. */
+void mome_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+/* dqkv (B,T,3C) += ... from dout (B,T,C). scratch holds n_scratch work areas of T*T floats each; the
+ * (b,h) pairs are spread over min(n_scratch, threads) threads (n_scratch >= 1). */
+void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const float *dout, const float *qkv,
+                             const float *att, int B, int T, int C, int NH);
+/* Naive-loop references: same contract; the reference backward needs no scratch. */
+void mome_attention_forward_ref(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+void mome_attention_backward_ref(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T,
+                                 int C, int NH);
+
+/* ---- GELU, tanh approximation (PyTorch approximate='tanh') ---- */
+/* out (n) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+void mome_gelu_forward(float *out, const float *inp, size_t n);
+/* dinp (n) += gelu'(inp) * dout. */
+void mome_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+/* ---- residual add ---- */
+/* out (n) = a + b. */
+void mome_residual_forward(float *out, const float *a, const float *b, size_t n);
+/* da (n) += dout; db (n) += dout. */
+void mome_residual_backward(float *da, float *db, const float *dout, size_t n);
+
+#endif

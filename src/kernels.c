@@ -1,0 +1,433 @@
+/* kernels.c — forward/backward kernels of the dense GPT (see kernels.h): encoder, layernorm, matmul, causal
+ * attention, GELU (tanh) and residual add, plus plain-loop references for matmul and attention.
+ *
+ * Every matrix product goes through cblas_sgemm. Element-wise and row-wise loops use OpenMP with a static
+ * schedule; reductions over rows (bias, LayerNorm and embedding gradients) are split by columns so that each
+ * output is summed by one thread in a fixed order: results never depend on scheduling. The losses live in
+ * loss.c, the model in model.c.
+ */
+#include "mome/kernels.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "mome/common.h"
+
+#define LN_EPS 1e-5f
+#define COL_BLOCK 64 /* columns per thread in column-split reductions */
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* dcol (C) += sum over rows of x (N, C) with row stride ld; one thread per block of columns, rows in order. */
+static void column_sum_acc(float *dcol, const float *x, size_t N, int C, size_t ld) {
+    const int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        const int c0 = blk * COL_BLOCK;
+        const int c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+        double acc[COL_BLOCK] = {0};
+        for (size_t i = 0; i < N; i++) {
+            const float *row = x + i * ld;
+            for (int c = c0; c < c1; c++) acc[c - c0] += row[c];
+        }
+        for (int c = c0; c < c1; c++) dcol[c] += (float)acc[c - c0];
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ encoder */
+
+void mome_encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B, int T, int C) {
+    // out is (B,T,C), inp is (B,T), wte is (V,C), wpe is (T_max,C)
+    const size_t BT = (size_t)B * (size_t)T;
+#pragma omp parallel for schedule(static)
+    for (size_t bt = 0; bt < BT; bt++) {
+        const size_t t = bt % (size_t)T;
+        float *o = out + bt * (size_t)C;
+        const float *e = wte + (size_t)inp[bt] * (size_t)C;
+        const float *p = wpe + t * (size_t)C;
+        for (int c = 0; c < C; c++) o[c] = e[c] + p[c];
+    }
+}
+
+void mome_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *inp, int B, int T, int C) {
+    // dwte is (V,C), dwpe is (T_max,C), dout is (B,T,C), inp is (B,T)
+    // Split by columns: every dwte/dwpe entry is summed by one thread, tokens in (b,t) order.
+    const int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        const int c0 = blk * COL_BLOCK;
+        const int c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+        for (int b = 0; b < B; b++) {
+            for (int t = 0; t < T; t++) {
+                const size_t bt = (size_t)b * T + t;
+                const float *d = dout + bt * (size_t)C;
+                float *de = dwte + (size_t)inp[bt] * (size_t)C;
+                float *dp = dwpe + (size_t)t * (size_t)C;
+                for (int c = c0; c < c1; c++) {
+                    de[c] += d[c];
+                    dp[c] += d[c];
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- layernorm */
+
+void mome_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                            size_t N, int C) {
+    // out is (N,C), mean and rstd are (N), inp is (N,C), w and b are (C)
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        const float *x = inp + i * (size_t)C;
+        double s = 0.0;
+        for (int c = 0; c < C; c++) s += x[c];
+        const double m = s / C;
+        double v = 0.0;
+        for (int c = 0; c < C; c++) {
+            const double d = x[c] - m;
+            v += d * d;
+        }
+        const float rs = (float)(1.0 / sqrt(v / C + (double)LN_EPS));
+        const float mf = (float)m;
+        float *o = out + i * (size_t)C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] - mf) * rs * w[c] + b[c];
+        mean[i] = mf;
+        rstd[i] = rs;
+    }
+}
+
+void mome_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                             const float *mean, const float *rstd, size_t N, int C) {
+    // dinp is (N,C), dw and db are (C), dout and inp are (N,C), mean and rstd are (N)
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        const float *x = inp + i * (size_t)C;
+        const float *d = dout + i * (size_t)C;
+        const float m = mean[i], rs = rstd[i];
+        double dnorm_mean = 0.0, dnorm_norm_mean = 0.0;
+        for (int c = 0; c < C; c++) {
+            const float norm = (x[c] - m) * rs;
+            const float dnorm = w[c] * d[c];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += (double)dnorm * norm;
+        }
+        const float dm = (float)(dnorm_mean / C), dnm = (float)(dnorm_norm_mean / C);
+        float *di = dinp + i * (size_t)C;
+        for (int c = 0; c < C; c++) {
+            const float norm = (x[c] - m) * rs;
+            const float dnorm = w[c] * d[c];
+            di[c] += rs * (dnorm - dm - norm * dnm);
+        }
+    }
+    const int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        const int c0 = blk * COL_BLOCK;
+        const int c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+        double aw[COL_BLOCK] = {0}, ab[COL_BLOCK] = {0};
+        for (size_t i = 0; i < N; i++) {
+            const float *x = inp + i * (size_t)C;
+            const float *d = dout + i * (size_t)C;
+            const float m = mean[i], rs = rstd[i];
+            for (int c = c0; c < c1; c++) {
+                const float norm = (x[c] - m) * rs;
+                aw[c - c0] += (double)(norm * d[c]);
+                ab[c - c0] += d[c];
+            }
+        }
+        for (int c = c0; c < c1; c++) {
+            dw[c] += (float)aw[c - c0];
+            db[c] += (float)ab[c - c0];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------- matmul */
+
+void mome_matmul_forward(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC, int OC) {
+    // out is (N,OC), inp is (N,IC), w is (OC,IC), bias is (OC) or NULL
+    MOME_CHECK(N <= INT_MAX && IC > 0 && OC > 0, "matmul: bad sizes N=%zu IC=%d OC=%d", N, IC, OC);
+    if (N == 0) return;
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < N; i++) memcpy(out + i * (size_t)OC, bias, (size_t)OC * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, OC, IC, 1.0f, inp, IC, w, IC, beta, out, OC);
+}
+
+void mome_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+                          size_t N, int IC, int OC) {
+    // dinp is (N,IC) or NULL, dw is (OC,IC), dbias is (OC) or NULL, dout is (N,OC), inp is (N,IC), w is (OC,IC)
+    MOME_CHECK(N <= INT_MAX && IC > 0 && OC > 0, "matmul: bad sizes N=%zu IC=%d OC=%d", N, IC, OC);
+    if (N == 0) return;
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp,
+                    IC);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, (int)N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+    if (dbias) column_sum_acc(dbias, dout, N, OC, (size_t)OC);
+}
+
+void mome_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC,
+                             int OC) {
+    for (size_t i = 0; i < N; i++) {
+        for (int o = 0; o < OC; o++) {
+            double s = bias ? bias[o] : 0.0;
+            for (int k = 0; k < IC; k++) s += (double)inp[i * (size_t)IC + k] * w[(size_t)o * IC + k];
+            out[i * (size_t)OC + o] = (float)s;
+        }
+    }
+}
+
+void mome_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                              const float *w, size_t N, int IC, int OC) {
+    if (dinp) {
+        for (size_t i = 0; i < N; i++) {
+            for (int k = 0; k < IC; k++) {
+                double s = 0.0;
+                for (int o = 0; o < OC; o++) s += (double)dout[i * (size_t)OC + o] * w[(size_t)o * IC + k];
+                dinp[i * (size_t)IC + k] += (float)s;
+            }
+        }
+    }
+    for (int o = 0; o < OC; o++) {
+        for (int k = 0; k < IC; k++) {
+            double s = 0.0;
+            for (size_t i = 0; i < N; i++) s += (double)dout[i * (size_t)OC + o] * inp[i * (size_t)IC + k];
+            dw[(size_t)o * IC + k] += (float)s;
+        }
+        if (dbias) {
+            double s = 0.0;
+            for (size_t i = 0; i < N; i++) s += dout[i * (size_t)OC + o];
+            dbias[o] += (float)s;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- attention */
+
+/* The (b,h) pairs run on OpenMP threads, each calling single-threaded sgemm on its own slices; OpenBLAS's own
+ * threads are turned down to 1 for that time and restored after. (OpenBLAS splits an sgemm over rows and
+ * columns only, never over the inner dimension, so the numbers do not depend on its thread count either.) */
+static int blas_single_begin(void) {
+    int n = openblas_get_num_threads();
+    if (n != 1) openblas_set_num_threads(1);
+    return n;
+}
+
+static void blas_single_end(int n) {
+    if (n != 1) openblas_set_num_threads(n);
+}
+
+void mome_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    // out is (B,T,C), att is (B,NH,T,T), qkv is (B,T,3C)
+    MOME_CHECK(NH > 0 && C % NH == 0, "attention: C=%d not divisible by NH=%d", C, NH);
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const int nbh = B * NH;
+    const int saved = blas_single_begin();
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < nbh; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs; // (T,hs) rows of stride 3C
+        const float *k = q + C;
+        const float *v = q + 2 * C;
+        float *a = att + (size_t)bh * T * T; // (T,T)
+        float *o = out + (size_t)b * T * C + (size_t)h * hs; // (T,hs) rows of stride C
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3, 0.0f, a, T);
+        for (int i = 0; i < T; i++) {
+            float *row = a + (size_t)i * T;
+            float mx = row[0];
+            for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = 0.0f;
+            for (int j = 0; j <= i; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            const float inv = 1.0f / sum;
+            for (int j = 0; j <= i; j++) row[j] *= inv;
+            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v, C3, 0.0f, o, C);
+    }
+    blas_single_end(saved);
+}
+
+void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const float *dout, const float *qkv,
+                             const float *att, int B, int T, int C, int NH) {
+    // dqkv is (B,T,3C), scratch is (n_scratch,T,T), dout is (B,T,C), qkv is (B,T,3C), att is (B,NH,T,T)
+    MOME_CHECK(NH > 0 && C % NH == 0, "attention: C=%d not divisible by NH=%d", C, NH);
+    MOME_CHECK(n_scratch >= 1, "attention backward: n_scratch %d < 1", n_scratch);
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const int nbh = B * NH;
+    int nt = max_threads();
+    if (nt > n_scratch) nt = n_scratch;
+    const int saved = blas_single_begin();
+#pragma omp parallel num_threads(nt)
+    {
+        float *datt = scratch + (size_t)thread_id() * T * T; // (T,T), becomes d(pre-softmax) in place
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < nbh; bh++) {
+            const int b = bh / NH, h = bh % NH;
+            const size_t base = (size_t)b * T * C3 + (size_t)h * hs;
+            const float *q = qkv + base, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
+            const float *a = att + (size_t)bh * T * T;
+            const float *d = dout + (size_t)b * T * C + (size_t)h * hs;
+            // datt = dout_h (T,hs) · v^T ; dv += att^T · dout_h
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, d, C, v, C3, 0.0f, datt, T);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, d, C, 1.0f, dv, C3);
+            // softmax backward, row by row: dpre = att * (datt - sum(att * datt))
+            for (int i = 0; i < T; i++) {
+                const float *arow = a + (size_t)i * T;
+                float *row = datt + (size_t)i * T;
+                float dot = 0.0f;
+                for (int j = 0; j <= i; j++) dot += arow[j] * row[j];
+                for (int j = 0; j <= i; j++) row[j] = arow[j] * (row[j] - dot);
+                for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+            }
+            // dq += scale * dpre · k ; dk += scale * dpre^T · q
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale, datt, T, k, C3, 1.0f, dq, C3);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, datt, T, q, C3, 1.0f, dk, C3);
+        }
+    }
+    blas_single_end(saved);
+}
+
+void mome_attention_forward_ref(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const double scale = 1.0 / sqrt((double)hs);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * C3 + (size_t)h * hs;
+                float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                double mx = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + (size_t)h * hs;
+                    double s = 0.0;
+                    for (int i = 0; i < hs; i++) s += (double)q[i] * k[i];
+                    s *= scale;
+                    a[t2] = (float)s;
+                    if (s > mx) mx = s;
+                }
+                double sum = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) sum += exp(a[t2] - mx);
+                for (int t2 = 0; t2 < T; t2++) a[t2] = t2 <= t ? (float)(exp(a[t2] - mx) / sum) : 0.0f;
+                float *o = out + ((size_t)b * T + t) * C + (size_t)h * hs;
+                for (int i = 0; i < hs; i++) {
+                    double s = 0.0;
+                    for (int t2 = 0; t2 <= t; t2++)
+                        s += (double)a[t2] * qkv[((size_t)b * T + t2) * C3 + 2 * C + (size_t)h * hs + i];
+                    o[i] = (float)s;
+                }
+            }
+        }
+    }
+}
+
+void mome_attention_backward_ref(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T,
+                                 int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const double scale = 1.0 / sqrt((double)hs);
+    double *datt = mome_malloc((size_t)T * sizeof *datt);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                const float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                const float *d = dout + ((size_t)b * T + t) * C + (size_t)h * hs;
+                const float *q = qkv + ((size_t)b * T + t) * C3 + (size_t)h * hs;
+                float *dq = dqkv + ((size_t)b * T + t) * C3 + (size_t)h * hs;
+                double dot = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + (size_t)h * hs;
+                    float *dv = dqkv + ((size_t)b * T + t2) * C3 + 2 * C + (size_t)h * hs;
+                    double s = 0.0;
+                    for (int i = 0; i < hs; i++) {
+                        s += (double)d[i] * v[i];
+                        dv[i] += a[t2] * d[i];
+                    }
+                    datt[t2] = s;
+                    dot += a[t2] * s;
+                }
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const double dpre = a[t2] * (datt[t2] - dot) * scale;
+                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + (size_t)h * hs;
+                    float *dk = dqkv + ((size_t)b * T + t2) * C3 + C + (size_t)h * hs;
+                    for (int i = 0; i < hs; i++) {
+                        dq[i] += (float)(dpre * k[i]);
+                        dk[i] += (float)(dpre * q[i]);
+                    }
+                }
+            }
+        }
+    }
+    mome_free(datt);
+}
+
+/* --------------------------------------------------------------------------------------------------- GELU */
+
+#define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
+
+void mome_gelu_forward(float *out, const float *inp, size_t n) {
+    // out and inp are (n)
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float cube = 0.044715f * x * x * x;
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALING_FACTOR * (x + cube)));
+    }
+}
+
+void mome_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    // dinp, inp and dout are (n)
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float cube = 0.044715f * x * x * x;
+        const float th = tanhf(GELU_SCALING_FACTOR * (x + cube));
+        const float sech2 = 1.0f - th * th;
+        const float local = 0.5f * (1.0f + th) +
+                            x * 0.5f * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] += local * dout[i];
+    }
+}
+
+/* ----------------------------------------------------------------------------------------------- residual */
+
+void mome_residual_forward(float *out, const float *a, const float *b, size_t n) {
+    // out, a and b are (n)
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void mome_residual_backward(float *da, float *db, const float *dout, size_t n) {
+    // da, db and dout are (n)
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        da[i] += dout[i];
+        db[i] += dout[i];
+    }
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""torch_check.py — recompute what tests/tools/gpt_dump wrote, with an independent PyTorch implementation.
+
+Usage: /usr/bin/python3 torch_check.py DUMP.h5
+
+The model is written here from torch.nn.functional ops (F.layer_norm, F.linear, F.gelu(approximate='tanh'),
+an explicit causal softmax attention, F.cross_entropy) with the tied output head of GPT-2; the optimizer is
+torch.optim.AdamW with two parameter groups (weight decay only on the tensors the dump marks decay=1),
+torch.nn.utils.clip_grad_norm_ over all parameters, and the warmup + cosine schedule written out below.
+Compared, each against a stated tolerance (|mome - torch| <= atol + rtol * |torch|, element-wise):
+logits, loss, every parameter gradient, the 10 training losses, learning rates, gradient norms and the final
+parameters. Max errors are printed per tensor; the exit status is 1 if any comparison fails.
+"""
+import math
+import sys
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# (rtol, atol) per quantity, for float32 computed in two different orders.
+TOL = {
+    "logits": (1e-4, 1e-5),
+    "loss": (1e-5, 1e-6),
+    "grad": (1e-3, 1e-6),   # atol is multiplied by max|grad| of the tensor (tensors differ in scale)
+    "train_loss": (1e-5, 1e-6),
+    "lr": (1e-6, 0.0),
+    "grad_norm": (1e-5, 0.0),
+    "final_param": (1e-4, 1e-5),
+}
+
+SENSITIVE_REL = 1e-5
+
+NAMES = ["wte", "wpe", "blocks/ln1_w", "blocks/ln1_b", "blocks/qkv_w", "blocks/qkv_b", "blocks/attn_proj_w",
+         "blocks/attn_proj_b", "blocks/ln2_w", "blocks/ln2_b", "blocks/fc_w", "blocks/fc_b", "blocks/fc_proj_w",
+         "blocks/fc_proj_b", "ln_f_w", "ln_f_b"]
+
+failures = []
+
+
+def check(what, got, ref, rtol, atol):
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        print(f"{what:40s} shape {got.shape} != {ref.shape}  FAIL")
+        failures.append(what)
+        return
+    diff = np.abs(got - ref)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    nz = np.abs(ref) > 0
+    max_rel = float((diff[nz] / np.abs(ref[nz])).max()) if nz.any() else 0.0
+    ok = bool(np.all(diff <= atol + rtol * np.abs(ref))) and np.all(np.isfinite(got))
+    worst = float((diff - rtol * np.abs(ref)).max()) if diff.size else 0.0
+    print(f"{what:40s} max abs {max_abs:.3e}  max rel {max_rel:.3e}  (rtol {rtol:.0e}, atol {atol:.1e})"
+          f"  {'ok' if ok else 'FAIL'}")
+    if not ok:
+        failures.append(what)
+        print(f"    worst excess over rtol*|ref|: {worst:.3e} > atol {atol:.1e}", file=sys.stderr)
+
+
+def gpt_forward(P, idx, cfg):
+    """Logits (B, T, V) of the pre-LayerNorm GPT-2 with tied head."""
+    V, Tm, L, NH, C, Fd = cfg
+    B, T = idx.shape
+    hs = C // NH
+    x = P["wte"][idx] + P["wpe"][:T].unsqueeze(0)
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for l in range(L):
+        h = F.layer_norm(x, (C,), P["blocks/ln1_w"][l], P["blocks/ln1_b"][l], eps=1e-5)
+        qkv = F.linear(h, P["blocks/qkv_w"][l], P["blocks/qkv_b"][l])
+        q, k, v = qkv.split(C, dim=-1)
+        q = q.view(B, T, NH, hs).transpose(1, 2)
+        k = k.view(B, T, NH, hs).transpose(1, 2)
+        v = v.view(B, T, NH, hs).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+        att = att.masked_fill(~mask, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + F.linear(y, P["blocks/attn_proj_w"][l], P["blocks/attn_proj_b"][l])
+        h = F.layer_norm(x, (C,), P["blocks/ln2_w"][l], P["blocks/ln2_b"][l], eps=1e-5)
+        h = F.gelu(F.linear(h, P["blocks/fc_w"][l], P["blocks/fc_b"][l]), approximate="tanh")
+        x = x + F.linear(h, P["blocks/fc_proj_w"][l], P["blocks/fc_proj_b"][l])
+    x = F.layer_norm(x, (C,), P["ln_f_w"], P["ln_f_b"], eps=1e-5)
+    return F.linear(x, P["wte"])
+
+
+def lr_at(step, lr, min_lr, warmup, total):
+    """Linear warmup from lr/warmup to lr, then cosine to min_lr at `total` (0-based step)."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if step >= total:
+        return min_lr
+    ratio = (step - warmup) / (total - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def main():
+    if len(sys.argv) != 2:
+        print("usage: torch_check.py DUMP.h5", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    with h5py.File(sys.argv[1], "r") as f:
+        V, Tm, L, NH, C, Fd, B, T, nsteps = (int(x) for x in f["config"][...])
+        lr, min_lr, warmup, total, beta1, beta2, eps, wd, clip = (float(x) for x in f["optim"][...])
+        warmup, total = int(warmup), int(total)
+        params0 = {n: np.array(f["params/" + n][...]) for n in NAMES}
+        decay = {n: int(f["decay/" + n][0]) for n in NAMES}
+        inputs = torch.from_numpy(np.array(f["inputs"][...]).astype(np.int64))
+        targets = torch.from_numpy(np.array(f["targets"][...]).astype(np.int64))
+        logits_c = np.array(f["logits"][...])
+        loss_c = float(f["loss"][0])
+        grads_c = {n: np.array(f["grads/" + n][...]) for n in NAMES}
+        train_loss_c = np.array(f["train/loss"][...])
+        train_lr_c = np.array(f["train/lr"][...])
+        train_norm_c = np.array(f["train/grad_norm"][...])
+        final_c = {n: np.array(f["final_params/" + n][...]) for n in NAMES}
+    cfg = (V, Tm, L, NH, C, Fd)
+    print(f"model V={V} T_max={Tm} L={L} NH={NH} C={C} F={Fd}; batch {B}x{T}; {nsteps} AdamW steps "
+          f"(lr {lr:g}, min_lr {min_lr:g}, warmup {warmup}, total {total}, wd {wd:g}, clip {clip:g})")
+    want_decay = {n: int(n == "wte" or n.endswith("_w") and n.split("/")[-1] in
+                         ("qkv_w", "attn_proj_w", "fc_w", "fc_proj_w")) for n in NAMES}
+    if decay != want_decay:
+        print(f"decay flags differ from the GPT-2 convention: got {decay}, want {want_decay}  FAIL")
+        failures.append("decay flags")
+
+    P = {n: torch.tensor(params0[n], dtype=torch.float32, requires_grad=True) for n in NAMES}
+
+    # ---- one forward/backward at the initial parameters ----
+    logits = gpt_forward(P, inputs, cfg)
+    loss = F.cross_entropy(logits.view(-1, V), targets.view(-1))
+    loss.backward()
+    rtol, atol = TOL["logits"]
+    check("logits", logits_c, logits.detach().numpy(), rtol, atol)
+    rtol, atol = TOL["loss"]
+    check("loss", loss_c, loss.item(), rtol, atol)
+    rtol, atol = TOL["grad"]
+    for n in NAMES:
+        ref = P[n].grad.numpy()
+        check(f"grad {n}", grads_c[n], ref, rtol, atol * float(np.abs(ref).max()))
+
+    # The key bias cannot change any softmax, so its true gradient is 0: mome's must vanish to rounding.
+    gk = np.abs(grads_c["blocks/qkv_b"][:, C:2 * C]).max()
+    gscale = np.abs(grads_c["blocks/qkv_b"]).max()
+    check("grad key bias ~ 0 (relative to max|grad qkv_b|)", gk / gscale, 0.0, 0.0, 1e-6)
+
+    # ---- training: AdamW with decay only on decay=1 tensors, clipping over all parameters ----
+    P = {n: torch.tensor(params0[n], dtype=torch.float32, requires_grad=True) for n in NAMES}
+    groups = [{"params": [P[n] for n in NAMES if decay[n]], "weight_decay": wd},
+              {"params": [P[n] for n in NAMES if not decay[n]], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps)
+    losses, lrs, norms = [], [], []
+    # smallest |grad| / max|grad of the tensor| seen by each element over the steps (see "Adam-sensitive" below)
+    min_rel_grad = {n: np.full(params0[n].shape, np.inf) for n in NAMES}
+    for step in range(nsteps):
+        opt.zero_grad(set_to_none=True)
+        logits = gpt_forward(P, inputs, cfg)
+        loss = F.cross_entropy(logits.view(-1, V), targets.view(-1))
+        loss.backward()
+        for n in NAMES:
+            g = np.abs(P[n].grad.numpy().astype(np.float64))
+            min_rel_grad[n] = np.minimum(min_rel_grad[n], g / max(float(g.max()), 1e-30))
+        norm = torch.nn.utils.clip_grad_norm_([P[n] for n in NAMES], clip)
+        step_lr = lr_at(step, lr, min_lr, warmup, total)
+        for g in opt.param_groups:
+            g["lr"] = step_lr
+        opt.step()
+        losses.append(loss.item())
+        lrs.append(step_lr)
+        norms.append(float(norm))
+    print("torch losses: " + " ".join(f"{x:.6f}" for x in losses))
+    rtol, atol = TOL["train_loss"]
+    check(f"train losses ({nsteps} steps)", train_loss_c, losses, rtol, atol)
+    rtol, atol = TOL["lr"]
+    check("learning rates", train_lr_c, lrs, rtol, atol)
+    rtol, atol = TOL["grad_norm"]
+    check("gradient norms (before clipping)", train_norm_c, norms, rtol, atol)
+    # Adam-sensitive elements: where a gradient is within SENSITIVE_REL of zero (relative to the tensor's largest)
+    # float32 rounding decides the sign of m / sqrt(v), so the update can differ by up to ~lr per step between
+    # two correct implementations. The key bias (qkv_b[:, C:2C]) is such a case throughout: softmax is
+    # invariant to it, its true gradient is exactly 0. Those elements are only held to the bound of Adam's
+    # total movement, 2 * sum(lr); all others to the strict tolerance.
+    rtol, atol = TOL["final_param"]
+    bound = 2.0 * sum(lrs)
+    for n in NAMES:
+        ref = P[n].detach().numpy()
+        sens = min_rel_grad[n] < SENSITIVE_REL
+        check(f"final {n}", final_c[n][~sens], ref[~sens], rtol, atol)
+        if sens.any():
+            check(f"final {n} ({int(sens.sum())} Adam-sensitive)", final_c[n][sens], ref[sens], 0.0, bound)
+
+    if failures:
+        print(f"torch_check: {len(failures)} comparison(s) FAILED: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    print("torch_check: all comparisons passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
