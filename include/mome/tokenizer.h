@@ -38,5 +38,14 @@ int mome_tokenizer_encode(const mome_tokenizer *tok, const char *text, size_t le
 size_t mome_tokenizer_decode(const mome_tokenizer *tok, const uint32_t *ids, size_t n, char *out, size_t cap);
 /* The bytes of one token (NULL/0 for special tokens). */
 const uint8_t *mome_tokenizer_token_bytes(const mome_tokenizer *tok, uint32_t id, size_t *len);
+/* The two ids merged into id (id >= MOME_TOK_FIRST_MERGE); MOME_EINVAL for bytes, specials, out of range. */
+int mome_tokenizer_merge(const mome_tokenizer *tok, uint32_t id, uint32_t *left, uint32_t *right);
+
+/* Notes on the implementation (src/tokenizer.c):
+ *  - train: if the texts support fewer merges than asked, the vocabulary is smaller (a warning is logged);
+ *    use mome_tokenizer_vocab_size for the real size.
+ *  - encode keeps a per-thread cache (chunk -> ids), so one tokenizer may encode from several threads at
+ *    once; *ids grows with realloc (free it with free or mome_free).
+ *  - decode with out == NULL (or cap 0) only measures; with a short cap it writes the first cap bytes. */
 
 #endif
