@@ -448,7 +448,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         double loss = loss_sum / ((double)tr.B * T * tr.accum);
         double gnorm = mome_grad_norm(tr.model.grads, tr.model.table.total);
         float clip = 1.0f;
-        if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip) clip = (float)(cfg->train.grad_clip / gnorm);
+        if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip) clip = (float)(cfg->train.grad_clip / (gnorm + 1e-6));
         float lr = mome_lr_at(&tr.opt.cfg, tr.step);
         if (isfinite(gnorm))
             mome_adamw_update(&tr.opt, &tr.model.table, tr.model.params, tr.model.grads, lr, clip);
