@@ -17,8 +17,8 @@ make_corpus() {
   local out=$1 src
   src=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
   mkdir -p "$tmp/src/alpha" "$tmp/src/beta"
-  cp "$src"/email/*.py "$tmp/src/alpha/"
-  cp "$src"/json/*.py "$src"/http/*.py "$src"/logging/*.py "$src"/urllib/*.py "$tmp/src/beta/"
+  cp -r "$src"/email "$tmp/src/alpha/"
+  cp -r "$src"/json "$src"/http "$src"/logging "$src"/urllib "$tmp/src/beta/"
   "$MOME_BIN" data build --out "$out" --vocab 512 --val-fraction 0.2 \
     --domain alpha="$tmp/src/alpha" --domain beta="$tmp/src/beta" > "$tmp/data_build.log" 2>&1 \
     || { cat "$tmp/data_build.log"; fail "mome data build"; }

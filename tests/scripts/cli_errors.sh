@@ -4,7 +4,7 @@
 source "$MOME_SOURCE_DIR/tests/lib/common.sh"
 tiny="$MOME_SOURCE_DIR/configs/tiny.ini"
 
-"$MOME_BIN" --help | grep -q "mome train CONFIG" || fail "mome --help"
+"$MOME_BIN" --help | grep -q "train CONFIG" || fail "mome --help"
 for verb in data train eval generate; do
   "$MOME_BIN" $verb --help | grep -q "usage: mome $verb" || fail "mome $verb --help"
 done
