@@ -1,0 +1,666 @@
+/* config.c — the run configuration (see config.h): one schema table drives defaults, INI parsing (inih),
+ * `section.key=value` overrides, the resolved text and the `--help-config` listing.
+ *
+ * Parsing rules (also printed by mome_config_print_schema):
+ *  - sections and keys are case-sensitive; an unknown section or key is an error naming the file, the line and
+ *    the known names (with a "did you mean" for a near miss);
+ *  - numbers are parsed strictly: base-10 integers (a u64 may also be 0x-hex), no trailing characters, no
+ *    overflow; floats must be finite; every value is range-checked against the schema;
+ *  - a key given twice in one file (or text) is an error naming both lines; overrides applied later replace
+ *    file values (that is their purpose);
+ *  - comments are whole lines starting with ';' or '#', or an inline " ; comment" (inih's rule); values are
+ *    taken verbatim after stripping surrounding whitespace, so strings cannot keep leading/trailing blanks;
+ *  - indentation is allowed and means nothing (no multi-line values); lines may be of any length.
+ * The line number in messages is counted here (the reader below hands inih one line at a time), so it does
+ * not depend on how inih was built (INI_HANDLER_LINENO, INI_STOP_ON_FIRST_ERROR, INI_ALLOW_MULTILINE,
+ * INI_MAX_LINE).
+ *
+ * Left to others: what the values mean (train.c, model.c), checks that need the data or the world size
+ * (vocab_size against the tokenizer, batch_size divisible by the ranks), and broadcasting the config.
+ */
+#include "mome/config.h"
+
+#include <ini.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mome/common.h"
+
+/* ---------------------------------------------------------------------------------------------------------
+ * The schema. */
+
+typedef enum { T_INT, T_LONG, T_FLOAT, T_U64, T_STR } field_type;
+
+typedef struct {
+    const char *section;
+    const char *key;
+    field_type type;
+    size_t offset;     /* into mome_config */
+    const char *def;   /* default, as text (parsed by the same code as a file value) */
+    double min, max;   /* inclusive range for numbers; ignored for strings and u64 */
+    const char *help;
+} field;
+
+#define F(sec, member) offsetof(mome_config, sec.member)
+
+static const field schema[] = {
+    {"model", "vocab_size", T_INT, F(model, vocab_size), "0", 0, 16777216,
+     "vocabulary size; 0: take it from the tokenizer, otherwise it must equal the tokenizer's"},
+    {"model", "seq_len", T_INT, F(model, seq_len), "128", 2, 65536,
+     "tokens per training sequence (and number of learned positions)"},
+    {"model", "n_layer", T_INT, F(model, n_layer), "4", 1, 1024, "transformer blocks"},
+    {"model", "n_head", T_INT, F(model, n_head), "4", 1, 1024, "attention heads; must divide d_model"},
+    {"model", "d_model", T_INT, F(model, d_model), "128", 1, 65536, "width of the residual stream"},
+    {"model", "d_ff", T_INT, F(model, d_ff), "0", 0, 1048576, "hidden width of the MLP; 0: 4 * d_model"},
+
+    {"train", "run_name", T_STR, F(train, run_name), "run", 0, 0,
+     "names checkpoints/<run_name> and runs/<run_name>; letters, digits, '.', '_', '-'"},
+    {"train", "steps", T_LONG, F(train, steps), "1000", 1, 1000000000, "optimizer steps"},
+    {"train", "batch_size", T_INT, F(train, batch_size), "16", 1, 1048576,
+     "sequences per micro-batch, global (split over the ranks, which must divide it)"},
+    {"train", "grad_accum", T_INT, F(train, grad_accum), "1", 1, 65536, "micro-batches per optimizer step"},
+    {"train", "lr", T_FLOAT, F(train, lr), "3e-3", 0, 10, "peak learning rate (after warmup)"},
+    {"train", "min_lr", T_FLOAT, F(train, min_lr), "3e-4", 0, 10,
+     "learning rate at the end of the cosine decay; <= lr"},
+    {"train", "warmup_steps", T_INT, F(train, warmup_steps), "50", 0, 1000000000,
+     "steps of linear warmup; <= steps"},
+    {"train", "weight_decay", T_FLOAT, F(train, weight_decay), "0.1", 0, 10,
+     "AdamW decoupled weight decay (weight matrices only)"},
+    {"train", "beta1", T_FLOAT, F(train, beta1), "0.9", 0, 1, "AdamW first-moment decay; < 1"},
+    {"train", "beta2", T_FLOAT, F(train, beta2), "0.95", 0, 1, "AdamW second-moment decay; < 1"},
+    {"train", "eps", T_FLOAT, F(train, eps), "1e-8", 1e-30, 1, "AdamW epsilon"},
+    {"train", "grad_clip", T_FLOAT, F(train, grad_clip), "1", 0, 1e6, "clip the global gradient norm; 0: off"},
+    {"train", "seed", T_U64, F(train, seed), "1337", 0, 0, "seed of every random stream (init, data, sampling)"},
+    {"train", "resume", T_STR, F(train, resume), "none", 0, 0,
+     "none | auto (from <checkpoint.dir>/<run_name>/latest if any) | a checkpoint path"},
+    {"train", "log_every", T_INT, F(train, log_every), "10", 0, 1000000000,
+     "steps between progress lines; 0: none"},
+    {"train", "eval_every", T_INT, F(train, eval_every), "100", 0, 1000000000,
+     "steps between validation passes; 0: only before and after training"},
+    {"train", "eval_batches", T_INT, F(train, eval_batches), "4", 1, 1000000,
+     "validation sequences per domain = eval_batches * batch_size"},
+    {"train", "threads", T_INT, F(train, threads), "0", 0, 4096,
+     "threads per rank; 0: OMP_NUM_THREADS or all cores"},
+
+    {"data", "dir", T_STR, F(data, dir), "data/default", 0, 0, "corpus directory written by `mome data build`"},
+    {"data", "domains", T_STR, F(data, domains), "", 0, 0,
+     "comma-separated subset of the corpus domains; empty: every domain"},
+
+    {"checkpoint", "dir", T_STR, F(checkpoint, dir), "checkpoints", 0, 0,
+     "checkpoints go to <dir>/<run_name>/"},
+    {"checkpoint", "every", T_INT, F(checkpoint, every), "0", 0, 1000000000,
+     "steps between checkpoints; 0: only at the end"},
+    {"checkpoint", "keep", T_INT, F(checkpoint, keep), "3", 0, 1000000, "keep the last K checkpoints; 0: all"},
+};
+#undef F
+
+#define N_FIELDS (sizeof schema / sizeof schema[0])
+
+static const char *const sections[] = {"model", "train", "data", "checkpoint"};
+#define N_SECTIONS (sizeof sections / sizeof sections[0])
+
+static const char *type_name(field_type t) {
+    switch (t) {
+    case T_INT: return "int";
+    case T_LONG: return "long";
+    case T_FLOAT: return "float";
+    case T_U64: return "u64";
+    case T_STR: return "string";
+    }
+    return "?";
+}
+
+static int find_section(const char *name) {
+    for (size_t i = 0; i < N_SECTIONS; i++)
+        if (strcmp(sections[i], name) == 0) return (int)i;
+    return -1;
+}
+
+static int find_field(const char *section, const char *key) {
+    for (size_t i = 0; i < N_FIELDS; i++)
+        if (strcmp(schema[i].section, section) == 0 && strcmp(schema[i].key, key) == 0) return (int)i;
+    return -1;
+}
+
+/* Levenshtein distance, capped at 8 (names are short). */
+static int edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 31 || lb > 31) return 8;
+    int prev[32], cur[32];
+    for (size_t j = 0; j <= lb; j++) prev[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            int del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, sizeof(int) * (lb + 1));
+    }
+    return prev[lb] < 8 ? prev[lb] : 8;
+}
+
+/* Appends to a bounded buffer. */
+static void append(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void append(char *buf, size_t cap, const char *fmt, ...) {
+    size_t n = strlen(buf);
+    if (n + 1 >= cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + n, cap - n, fmt, ap);
+    va_end(ap);
+}
+
+/* "(known: model, train, ...; did you mean 'train'?)" */
+static void known_sections(char *buf, size_t cap, const char *got) {
+    buf[0] = 0;
+    append(buf, cap, "(known: ");
+    int best = -1, best_d = 3;
+    for (size_t i = 0; i < N_SECTIONS; i++) {
+        append(buf, cap, "%s%s", i ? ", " : "", sections[i]);
+        int d = edit_distance(got, sections[i]);
+        if (d < best_d) best_d = d, best = (int)i;
+    }
+    if (best >= 0) append(buf, cap, "; did you mean [%s]?", sections[best]);
+    append(buf, cap, ")");
+}
+
+static void known_keys(char *buf, size_t cap, const char *section, const char *got) {
+    buf[0] = 0;
+    append(buf, cap, "(known: ");
+    int best = -1, best_d = 3, first = 1;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        if (strcmp(schema[i].section, section) != 0) continue;
+        append(buf, cap, "%s%s", first ? "" : ", ", schema[i].key);
+        first = 0;
+        int d = edit_distance(got, schema[i].key);
+        if (d < best_d) best_d = d, best = (int)i;
+    }
+    if (best >= 0) append(buf, cap, "; did you mean '%s'?", schema[best].key);
+    append(buf, cap, ")");
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Values: strict parsing into a field. On error, writes what was expected into `why` and returns -1. */
+
+static int parse_long(const char *s, long *out) {
+    if (!*s || isspace((unsigned char)*s)) return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno == ERANGE || *end != 0 || end == s) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+    if (!*s || !isdigit((unsigned char)*s)) return -1; /* no sign, no blanks: strtoull would accept "-1" */
+    int base = 10;
+    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        base = 16;
+        s += 2;
+        if (!isxdigit((unsigned char)*s)) return -1;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, base);
+    if (errno == ERANGE || *end != 0 || end == s) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int parse_float(const char *s, float *out) {
+    if (!*s || isspace((unsigned char)*s)) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno == ERANGE || *end != 0 || end == s || !isfinite(v)) return -1;
+    if (v != 0 && (fabs(v) > FLT_MAX || fabs(v) < FLT_MIN)) return -1; /* not a normal float */
+    *out = strtof(s, NULL); /* the float nearest to the text (no double rounding) */
+    return 0;
+}
+
+static int string_ok(const char *s, char *why, size_t cap) {
+    size_t n = strlen(s);
+    if (n >= MOME_CFG_STR) {
+        snprintf(why, cap, "expected a string of at most %d bytes, got %zu", MOME_CFG_STR - 1, n);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) {
+            snprintf(why, cap, "expected a string without control characters (byte %zu)", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int set_value(mome_config *cfg, const field *f, const char *value, char *why, size_t cap) {
+    char *dst = (char *)cfg + f->offset;
+    switch (f->type) {
+    case T_INT:
+    case T_LONG: {
+        long v;
+        int ok = parse_long(value, &v) == 0;
+        if (ok && (v < (long)f->min || v > (long)f->max)) ok = 0;
+        if (!ok) {
+            snprintf(why, cap, "expected an integer in [%ld, %ld]", (long)f->min, (long)f->max);
+            return -1;
+        }
+        if (f->type == T_INT) {
+            int iv = (int)v;
+            memcpy(dst, &iv, sizeof iv);
+        } else {
+            memcpy(dst, &v, sizeof v);
+        }
+        return 0;
+    }
+    case T_FLOAT: {
+        float v;
+        if (parse_float(value, &v) != 0 || (double)v < f->min || (double)v > f->max) {
+            snprintf(why, cap, "expected a number in [%g, %g]", f->min, f->max);
+            return -1;
+        }
+        memcpy(dst, &v, sizeof v);
+        return 0;
+    }
+    case T_U64: {
+        uint64_t v;
+        if (parse_u64(value, &v) != 0) {
+            snprintf(why, cap, "expected an unsigned 64-bit integer (decimal, or hex with 0x)");
+            return -1;
+        }
+        memcpy(dst, &v, sizeof v);
+        return 0;
+    }
+    case T_STR:
+        if (string_ok(value, why, cap) != 0) return -1;
+        snprintf(dst, MOME_CFG_STR, "%s", value);
+        return 0;
+    }
+    return -1;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Parsing INI text with inih. The reader hands inih one line per call and counts lines itself; it also
+ *  - strips leading blanks, so an indented line is an ordinary line (inih would otherwise take it as the
+ *    continuation of the previous value);
+ *  - checks [section] lines (inih calls the handler only for key = value lines, so an unknown section with no
+ *    keys below it would otherwise pass), and tracks the current section;
+ *  - parses a line longer than inih's line buffer itself with inih's rules (key, '=' or ':', value, inline
+ *    " ;" comment) and hands inih an empty line instead, so long paths work and numbering stays right. */
+
+typedef struct {
+    mome_config *cfg;
+    const char *origin;  /* file name or description, for messages */
+    const char *pos;     /* reader position in the text */
+    int line;            /* line number of the last line handed to inih */
+    int status;          /* first error (MOME_OK while none) */
+    int status_line;     /* its line */
+    int seen[N_FIELDS];  /* line where each key was set in this text, 0: not yet */
+    char section[64];    /* current section, as inih sees it */
+} parse_ctx;
+
+static int fail(parse_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(parse_ctx *c, const char *fmt, ...) {
+    if (c->status != MOME_OK) return 0; /* keep the first error */
+    char msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    c->status = mome_error_set(MOME_ECONFIG, "%s:%d: %s", c->origin, c->line, msg);
+    c->status_line = c->line;
+    return 0;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value) {
+    parse_ctx *c = user;
+    char known[1024], why[256];
+    if (section[0] == 0) return fail(c, "key '%s' outside any section (start with a [section] line)", name);
+    if (find_section(section) < 0) {
+        known_sections(known, sizeof known, section);
+        return fail(c, "unknown section [%s] %s", section, known);
+    }
+    int i = find_field(section, name);
+    if (i < 0) {
+        known_keys(known, sizeof known, section, name);
+        return fail(c, "unknown key '%s' in [%s] %s", name, section, known);
+    }
+    if (c->seen[i])
+        return fail(c, "[%s] %s is set twice (first on line %d); a key may appear once per file", section, name,
+                    c->seen[i]);
+    c->seen[i] = c->line;
+    if (set_value(c->cfg, &schema[i], value, why, sizeof why) != 0)
+        return fail(c, "[%s] %s = '%s': %s", section, name, value, why);
+    return 1;
+}
+
+/* A [section] line (leading blanks already stripped): the name is everything between '[' and the first ']',
+ * as inih takes it. A line without ']' is left to inih, which reports a syntax error. */
+static void section_line(parse_ctx *c, const char *line, size_t len) {
+    if (len == 0 || line[0] != '[') return;
+    const char *close = memchr(line + 1, ']', len - 1);
+    if (!close) return;
+    size_t n = (size_t)(close - line - 1);
+    if (n >= sizeof c->section) {
+        fail(c, "section name too long (%zu bytes)", n);
+        n = sizeof c->section - 1;
+    }
+    memcpy(c->section, line + 1, n);
+    c->section[n] = 0;
+    if (find_section(c->section) < 0) {
+        char known[512];
+        known_sections(known, sizeof known, c->section);
+        fail(c, "unknown section [%s] %s", c->section, known);
+    }
+}
+
+static int is_blank(char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\f' || ch == '\v'; }
+
+/* A line too long for inih: same rules, handled here. */
+static void long_line(parse_ctx *c, const char *line, size_t len) {
+    char *buf = mome_malloc(len + 1);
+    memcpy(buf, line, len);
+    buf[len] = 0;
+    while (len && is_blank(buf[len - 1])) buf[--len] = 0;
+    if (len == 0 || buf[0] == ';' || buf[0] == '#') goto done;
+    if (buf[0] == '[') {
+        if (!memchr(buf, ']', len)) fail(c, "syntax error: '[' without ']'");
+        section_line(c, buf, len);
+        goto done;
+    }
+    /* inih: the first '=' or ':' not inside an inline comment (';' after a blank) ends the name. */
+    char *sep = NULL;
+    for (char *p = buf; *p; p++) {
+        if (*p == ';' && p > buf && is_blank(p[-1])) break;
+        if (*p == '=' || *p == ':') {
+            sep = p;
+            break;
+        }
+    }
+    if (!sep) {
+        fail(c, "syntax error: expected [section] or key = value");
+        goto done;
+    }
+    *sep = 0;
+    char *name = buf, *value = sep + 1;
+    size_t ln = strlen(name);
+    while (ln && is_blank(name[ln - 1])) name[--ln] = 0;
+    while (*value && is_blank(*value)) value++;
+    for (char *p = value; *p; p++)
+        if (*p == ';' && p > value && is_blank(p[-1])) {
+            *p = 0;
+            break;
+        }
+    size_t lv = strlen(value);
+    while (lv && is_blank(value[lv - 1])) value[--lv] = 0;
+    handler(c, c->section, name, value);
+done:
+    mome_free(buf);
+}
+
+static char *reader(char *str, int num, void *stream) {
+    parse_ctx *c = stream;
+    if (*c->pos == 0 || num < 3) return NULL;
+    const char *nl = strchr(c->pos, '\n');
+    size_t len = nl ? (size_t)(nl - c->pos) + 1 : strlen(c->pos);
+    const char *line = c->pos;
+    c->pos += len;
+    c->line++;
+    while (len && (*line == ' ' || *line == '\t')) line++, len--;
+    if (len + 1 > (size_t)num) {
+        long_line(c, line, len);
+        memcpy(str, "\n", 2);
+        return str;
+    }
+    section_line(c, line, len);
+    memcpy(str, line, len);
+    str[len] = 0;
+    return str;
+}
+
+/* The text of line `n` (1-based) of `text`, for syntax errors, truncated to fit. */
+static void line_text(const char *text, int n, char *out, size_t cap) {
+    const char *p = text;
+    for (int i = 1; i < n && p; i++) {
+        p = strchr(p, '\n');
+        if (p) p++;
+    }
+    out[0] = 0;
+    if (!p) return;
+    p += strspn(p, " \t");
+    size_t len = strcspn(p, "\r\n");
+    if (len >= cap) len = cap - 1;
+    memcpy(out, p, len);
+    out[len] = 0;
+}
+
+int mome_config_load_string(mome_config *cfg, const char *text, const char *origin) {
+    parse_ctx c;
+    memset(&c, 0, sizeof c);
+    c.cfg = cfg;
+    c.origin = origin ? origin : "config";
+    c.pos = text;
+    c.status = MOME_OK;
+    /* Skip a UTF-8 byte-order mark ourselves, so that inih builds without INI_ALLOW_BOM behave the same. */
+    if ((unsigned char)c.pos[0] == 0xef && (unsigned char)c.pos[1] == 0xbb && (unsigned char)c.pos[2] == 0xbf)
+        c.pos += 3;
+    int r = ini_parse_stream(reader, &c, handler, &c);
+    /* r > 0: the first line with an error, ours (the handler returned 0) or a syntax error inih found itself
+     * (no '=', no closing ']'); report whichever comes first. Stopping on the first error or not (an inih
+     * build option) changes nothing here. */
+    if (r > 0 && (c.status == MOME_OK || r < c.status_line)) {
+        char bad[128];
+        line_text(text, r, bad, sizeof bad);
+        return mome_error_set(MOME_ECONFIG, "%s:%d: syntax error in '%s': expected [section] or key = value",
+                              c.origin, r, bad);
+    }
+    if (c.status != MOME_OK) return c.status;
+    if (r < 0) return mome_error_set(MOME_ECONFIG, "%s: the INI parser failed (error %d)", c.origin, r);
+    return MOME_OK;
+}
+
+int mome_config_load_file(mome_config *cfg, const char *path) {
+    char *text = NULL;
+    int rc = mome_read_file(path, &text, NULL);
+    if (rc != MOME_OK) return mome_error_wrap(MOME_ECONFIG, "cannot read config file");
+    rc = mome_config_load_string(cfg, text, path);
+    mome_free(text);
+    return rc;
+}
+
+void mome_config_defaults(mome_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        char why[256];
+        MOME_CHECK(set_value(cfg, &schema[i], schema[i].def, why, sizeof why) == 0,
+                   "config schema: default of [%s] %s = '%s' is invalid: %s", schema[i].section, schema[i].key,
+                   schema[i].def, why);
+    }
+}
+
+int mome_config_override(mome_config *cfg, const char *assignment) {
+    const char *eq = strchr(assignment, '=');
+    const char *dot = strchr(assignment, '.');
+    if (!eq || !dot || dot > eq)
+        return mome_error_set(MOME_ECONFIG, "override '%s': expected section.key=value", assignment);
+    char section[64], key[64], value[MOME_CFG_STR + 64];
+    size_t ls = (size_t)(dot - assignment), lk = (size_t)(eq - dot - 1);
+    /* Trim blanks around the names and the value, as inih does for files. */
+    const char *s0 = assignment, *k0 = dot + 1, *v0 = eq + 1;
+    while (ls && isspace((unsigned char)*s0)) s0++, ls--;
+    while (ls && isspace((unsigned char)s0[ls - 1])) ls--;
+    while (lk && isspace((unsigned char)*k0)) k0++, lk--;
+    while (lk && isspace((unsigned char)k0[lk - 1])) lk--;
+    while (isspace((unsigned char)*v0)) v0++;
+    size_t lv = strlen(v0);
+    while (lv && isspace((unsigned char)v0[lv - 1])) lv--;
+    if (ls == 0 || lk == 0 || ls >= sizeof section || lk >= sizeof key)
+        return mome_error_set(MOME_ECONFIG, "override '%s': expected section.key=value", assignment);
+    if (lv >= sizeof value)
+        return mome_error_set(MOME_ECONFIG, "override '%s': value too long (at most %d bytes)", assignment,
+                              MOME_CFG_STR - 1);
+    memcpy(section, s0, ls);
+    section[ls] = 0;
+    memcpy(key, k0, lk);
+    key[lk] = 0;
+    memcpy(value, v0, lv);
+    value[lv] = 0;
+
+    char known[1024], why[256];
+    if (find_section(section) < 0) {
+        known_sections(known, sizeof known, section);
+        return mome_error_set(MOME_ECONFIG, "override '%s': unknown section [%s] %s", assignment, section, known);
+    }
+    int i = find_field(section, key);
+    if (i < 0) {
+        known_keys(known, sizeof known, section, key);
+        return mome_error_set(MOME_ECONFIG, "override '%s': unknown key '%s' in [%s] %s", assignment, key, section,
+                              known);
+    }
+    if (set_value(cfg, &schema[i], value, why, sizeof why) != 0)
+        return mome_error_set(MOME_ECONFIG, "override '%s': [%s] %s = '%s': %s", assignment, section, key, value,
+                              why);
+    return MOME_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Cross-field checks. */
+
+static int name_ok(const char *s) {
+    if (!s[0] || s[0] == '.') return 0;
+    for (const char *p = s; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-') return 0;
+    return 1;
+}
+
+int mome_config_validate(const mome_config *cfg) {
+    const mome_model_section *m = &cfg->model;
+    const mome_train_section *t = &cfg->train;
+    /* Ranges again: a struct may have been filled by code rather than parsed. */
+    char buf[64], why[256];
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const field *f = &schema[i];
+        const char *src = (const char *)cfg + f->offset;
+        mome_config scratch;
+        switch (f->type) {
+        case T_INT: snprintf(buf, sizeof buf, "%d", *(const int *)src); break;
+        case T_LONG: snprintf(buf, sizeof buf, "%ld", *(const long *)src); break;
+        case T_FLOAT: snprintf(buf, sizeof buf, "%.9g", (double)*(const float *)src); break;
+        default: continue; /* u64: every value is valid; strings: checked below */
+        }
+        if (set_value(&scratch, f, buf, why, sizeof why) != 0)
+            return mome_error_set(MOME_ECONFIG, "config: [%s] %s = %s: %s", f->section, f->key, buf, why);
+    }
+    if (m->d_model % m->n_head != 0)
+        return mome_error_set(MOME_ECONFIG, "config: [model] n_head = %d does not divide d_model = %d", m->n_head,
+                              m->d_model);
+    if (t->min_lr > t->lr)
+        return mome_error_set(MOME_ECONFIG, "config: [train] min_lr = %.9g is larger than lr = %.9g",
+                              (double)t->min_lr, (double)t->lr);
+    if (t->warmup_steps > t->steps)
+        return mome_error_set(MOME_ECONFIG, "config: [train] warmup_steps = %d is larger than steps = %ld",
+                              t->warmup_steps, t->steps);
+    if (t->beta1 >= 1.0f || t->beta2 >= 1.0f)
+        return mome_error_set(MOME_ECONFIG, "config: [train] beta1 = %.9g, beta2 = %.9g: both must be < 1",
+                              (double)t->beta1, (double)t->beta2);
+    if (!name_ok(t->run_name))
+        return mome_error_set(MOME_ECONFIG,
+                              "config: [train] run_name = '%s': expected a non-empty name of letters, digits, '.', "
+                              "'_', '-' (not starting with '.')",
+                              t->run_name);
+    if (strcmp(t->resume, "none") != 0 && strcmp(t->resume, "auto") != 0 && access(t->resume, R_OK) != 0)
+        return mome_error_set(MOME_ECONFIG,
+                              "config: [train] resume = '%s': expected none, auto or a readable checkpoint file (%s)",
+                              t->resume, strerror(errno));
+    if (!cfg->data.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [data] dir is empty");
+    if (!cfg->checkpoint.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [checkpoint] dir is empty");
+    /* domains: comma-separated names, no empty entries. */
+    const char *d = cfg->data.domains;
+    if (d[0]) {
+        const char *p = d;
+        for (;;) {
+            size_t n = strcspn(p, ",");
+            int ok = n > 0;
+            for (size_t i = 0; i < n && ok; i++)
+                ok = isalnum((unsigned char)p[i]) || p[i] == '_' || p[i] == '-' || p[i] == '.';
+            if (!ok)
+                return mome_error_set(MOME_ECONFIG,
+                                      "config: [data] domains = '%s': expected comma-separated domain names "
+                                      "(letters, digits, '_', '-', '.'), no spaces or empty entries",
+                                      d);
+            if (!p[n]) break;
+            p += n + 1;
+        }
+    }
+    return MOME_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Output. */
+
+static void format_value(const mome_config *cfg, const field *f, char *buf, size_t cap) {
+    const char *src = (const char *)cfg + f->offset;
+    switch (f->type) {
+    case T_INT: snprintf(buf, cap, "%d", *(const int *)src); break;
+    case T_LONG: snprintf(buf, cap, "%ld", *(const long *)src); break;
+    case T_FLOAT: snprintf(buf, cap, "%.9g", (double)*(const float *)src); break; /* round-trips a float */
+    case T_U64: snprintf(buf, cap, "%llu", (unsigned long long)*(const uint64_t *)src); break;
+    case T_STR: snprintf(buf, cap, "%s", src); break;
+    }
+}
+
+char *mome_config_to_string(const mome_config *cfg) {
+    size_t cap = 256 + N_FIELDS * (64 + MOME_CFG_STR), n = 0;
+    char *out = mome_malloc(cap);
+    out[0] = 0;
+    const char *cur = NULL;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const field *f = &schema[i];
+        char val[MOME_CFG_STR + 32];
+        format_value(cfg, f, val, sizeof val);
+        if (!cur || strcmp(cur, f->section) != 0) {
+            n += (size_t)snprintf(out + n, cap - n, "%s[%s]\n", cur ? "\n" : "", f->section);
+            cur = f->section;
+        }
+        n += (size_t)snprintf(out + n, cap - n, "%s = %s\n", f->key, val);
+        MOME_CHECK(n < cap, "config text buffer too small");
+    }
+    return out;
+}
+
+void mome_config_print_schema(void *file) {
+    FILE *out = file ? (FILE *)file : stdout;
+    fprintf(out, "Configuration keys (INI sections; override any key with section.key=value):\n");
+    const char *cur = NULL;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const field *f = &schema[i];
+        if (!cur || strcmp(cur, f->section) != 0) {
+            fprintf(out, "\n[%s]\n", f->section);
+            cur = f->section;
+        }
+        char range[96] = "";
+        if (f->type == T_INT || f->type == T_LONG)
+            snprintf(range, sizeof range, "[%ld, %ld]", (long)f->min, (long)f->max);
+        else if (f->type == T_FLOAT)
+            snprintf(range, sizeof range, "[%g, %g]", f->min, f->max);
+        else if (f->type == T_U64)
+            snprintf(range, sizeof range, "[0, 2^64-1]");
+        char def[64];
+        snprintf(def, sizeof def, "%s", f->type == T_STR ? (f->def[0] ? f->def : "\"\"") : f->def);
+        fprintf(out, "  %-13s %-6s default %-13s %-16s %s\n", f->key, type_name(f->type), def, range, f->help);
+    }
+    fprintf(out,
+            "\nRules: unknown sections/keys are errors; a key may appear once per file (overrides then replace "
+            "it);\nnumbers are strict (no trailing characters); comments are lines starting with ';' or '#'.\n");
+}
