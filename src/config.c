@@ -609,12 +609,20 @@ int mome_config_validate(const mome_config *cfg) {
 /* ---------------------------------------------------------------------------------------------------------
  * Output. */
 
+/* The shortest decimal that parses back to exactly the same float ("0.003", not "0.00300000003"). */
+static void format_float(float v, char *buf, size_t cap) {
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(buf, cap, "%.*g", digits, (double)v);
+        if (strtof(buf, NULL) == v) return;
+    }
+}
+
 static void format_value(const mome_config *cfg, const field *f, char *buf, size_t cap) {
     const char *src = (const char *)cfg + f->offset;
     switch (f->type) {
     case T_INT: snprintf(buf, cap, "%d", *(const int *)src); break;
     case T_LONG: snprintf(buf, cap, "%ld", *(const long *)src); break;
-    case T_FLOAT: snprintf(buf, cap, "%.9g", (double)*(const float *)src); break; /* round-trips a float */
+    case T_FLOAT: format_float(*(const float *)src, buf, cap); break;
     case T_U64: snprintf(buf, cap, "%llu", (unsigned long long)*(const uint64_t *)src); break;
     case T_STR: snprintf(buf, cap, "%s", src); break;
     }
