@@ -711,7 +711,7 @@ static uint64_t order_hash(const char *s) { return mome_fnv1a(ORDER_SEED, s, str
  * Documents and domains
  * ------------------------------------------------------------------------------------------------------------ */
 
-typedef enum { UNIT_MAN, UNIT_HTML, UNIT_FILE } unit_kind;
+typedef enum { UNIT_MAN, UNIT_HTML, UNIT_FILE, UNIT_PYTHON } unit_kind;
 
 typedef struct {
     char *path;
@@ -720,7 +720,7 @@ typedef struct {
     /* result of processing (worker threads) */
     char *text;
     size_t len;
-    int skipped;      /* 1: .so redirect, 2: empty, 3: binary (NUL bytes) */
+    int skipped;      /* 1: .so redirect, 2: empty, 3: binary (NUL bytes), 4: generated table */
     int failed;       /* could not be read/rendered */
     char err[256];
 } unit;
@@ -746,7 +746,7 @@ typedef struct {
     size_t n_docs, cap_docs;
     size_t bytes;       /* collected text bytes */
     size_t units_used;  /* units processed before the cap */
-    size_t n_so, n_empty, n_binary, n_failed, n_repaired_bytes;
+    size_t n_so, n_empty, n_binary, n_generated, n_failed, n_repaired_bytes;
     int capped;
     json_t *sources;    /* manifest: where the text came from */
     json_t *excluded;   /* manifest: what was left out on purpose */
@@ -871,6 +871,7 @@ static int list_package(cdomain *d, size_t *cap, const char *pkg, const char *pr
 typedef struct {
     const char *const *exclude_dirs; /* directory names not descended into (NULL: none) */
     const char *suffix;              /* only files ending so (NULL: all) */
+    unit_kind kind;                  /* UNIT_FILE, or UNIT_PYTHON for the standard library */
 } walk_filter;
 
 /* Recursively adds the regular files under dir (sorted names, symlinks to files followed, symlinked
@@ -903,7 +904,7 @@ static int walk_dir(cdomain *d, size_t *cap, const char *dir, const walk_filter 
                 if (!S_ISLNK(lsb.st_mode) && !(f->exclude_dirs && name_in(names[i], f->exclude_dirs)))
                     rc = walk_dir(d, cap, path, f, n_files);
             } else if (S_ISREG(sb.st_mode) && (!f->suffix || ends_with(names[i], f->suffix))) {
-                add_unit(d, cap, path, UNIT_FILE);
+                add_unit(d, cap, path, f->kind);
                 (*n_files)++;
             }
         }
@@ -1009,6 +1010,15 @@ static void process_man(unit *u) {
     if (u->len == 0) u->skipped = 2;
 }
 
+/* The codec tables of encodings/ are data written by a generator (gencodec.py), not code anyone wrote: they
+ * would teach the python domain long runs of "LATIN CAPITAL LETTER ...". */
+static int is_generated_table(const char *data, size_t len) {
+    size_t head = len < 1024 ? len : 1024;
+    for (size_t i = 0; i + 11 <= head; i++)
+        if (memcmp(data + i, "gencodec.py", 11) == 0) return 1;
+    return 0;
+}
+
 static void process_unit(unit *u) {
     if (u->kind == UNIT_MAN) {
         process_man(u);
@@ -1027,6 +1037,7 @@ static void process_unit(unit *u) {
             u->text = data;
             u->len = len;
             if (memchr(data, 0, len)) u->skipped = 3;
+            else if (u->kind == UNIT_PYTHON && is_generated_table(data, len)) u->skipped = 4;
         }
         if (u->len == 0) u->skipped = 2;
     }
@@ -1080,6 +1091,10 @@ static int unit_to_docs(cdomain *d, unit *u, size_t cap_bytes) {
     }
     if (u->skipped == 2) {
         d->n_empty++;
+        return 0;
+    }
+    if (u->skipped == 4) {
+        d->n_generated++;
         return 0;
     }
     if (u->skipped == 3) {
@@ -1164,6 +1179,7 @@ static int collect_domain(cdomain *d, size_t cap_bytes, int n_workers) {
               human(d->bytes, b, sizeof b), d->units_used, d->n_units, d->capped ? " (byte cap reached)" : "",
               mome_now() - t0);
     if (d->n_so) mome_info("  %s: skipped %zu man pages that are only .so redirects", d->name, d->n_so);
+    if (d->n_generated) mome_info("  %s: skipped %zu generated codec tables", d->name, d->n_generated);
     if (d->n_repaired_bytes)
         mome_warn("%s: replaced %zu invalid UTF-8 bytes by U+FFFD", d->name, d->n_repaired_bytes);
     return MOME_OK;
@@ -1221,7 +1237,7 @@ static int list_default_domain(cdomain *d, const default_domain *dd, char **vers
     char dir[1024], version[64];
     int rc = python_stdlib(dir, sizeof dir, version, sizeof version);
     if (rc) return rc;
-    walk_filter f = {python_excluded_dirs, ".py"};
+    walk_filter f = {python_excluded_dirs, ".py", UNIT_PYTHON};
     rc = walk_dir(d, &cap, dir, &f, &nf);
     if (rc) return rc;
     /* the Debian package that ships the stdlib, for the manifest */
@@ -1249,6 +1265,7 @@ static int list_default_domain(cdomain *d, const default_domain *dd, char **vers
                                                 "files", pattern, "n_files", (json_int_t)nf));
     for (const char *const *x = python_excluded_dirs; *x; x++)
         json_array_append_new(d->excluded, json_sprintf("directories named %s/", *x));
+    json_array_append_new(d->excluded, json_string("generated codec tables (files made by gencodec.py)"));
     mome_info("collecting %s: %zu standard library files under %s (python %s; excluding site-packages, "
               "dist-packages, test, tests, idle_test)",
               d->name, nf, dir, version);
@@ -1613,9 +1630,10 @@ static int write_manifest(const mome_data_build_opts *o, const cdomain *domains,
         json_object_set(x, "excluded", d->excluded);
         json_object_set_new(x, "files_listed", json_integer((json_int_t)d->n_units));
         json_object_set_new(x, "files_used", json_integer((json_int_t)d->units_used));
-        json_object_set_new(x, "skipped", json_pack("{s:I, s:I, s:I, s:I}", "so_redirects", (json_int_t)d->n_so,
-                                                    "empty", (json_int_t)d->n_empty, "binary",
-                                                    (json_int_t)d->n_binary, "failed", (json_int_t)d->n_failed));
+        json_object_set_new(x, "skipped",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "so_redirects", (json_int_t)d->n_so, "empty",
+                                      (json_int_t)d->n_empty, "binary", (json_int_t)d->n_binary, "generated_tables",
+                                      (json_int_t)d->n_generated, "failed", (json_int_t)d->n_failed));
         json_object_set_new(x, "invalid_utf8_bytes_replaced", json_integer((json_int_t)d->n_repaired_bytes));
         json_object_set_new(x, "byte_cap_reached", json_boolean(d->capped));
         json_object_set_new(x, "bytes_collected", json_integer((json_int_t)d->bytes));
@@ -1837,7 +1855,7 @@ int mome_data_build(const mome_data_build_opts *opts) {
             snprintf(d->name, sizeof d->name, "%s", opts->domains[i].name);
             d->dir = opts->domains[i].path;
             size_t cap = 0, nf = 0;
-            walk_filter f = {NULL, NULL};
+            walk_filter f = {NULL, NULL, UNIT_FILE};
             rc = walk_dir(d, &cap, d->dir, &f, &nf);
             d->sources = json_array();
             d->excluded = json_array();
