@@ -714,7 +714,10 @@ static uint64_t order_hash(const char *s) { return mome_fnv1a(ORDER_SEED, s, str
 typedef enum { UNIT_MAN, UNIT_HTML, UNIT_FILE, UNIT_PYTHON } unit_kind;
 
 typedef struct {
-    char *path;
+    char *path;       /* where to read it */
+    const char *key;  /* its name in the corpus: the split and the processing order hash it. For user domains
+                         the path relative to the domain directory, so moving the directory changes nothing;
+                         otherwise the path itself. Points into path. */
     unit_kind kind;
     uint64_t order;
     /* result of processing (worker threads) */
@@ -782,8 +785,14 @@ static void add_unit(cdomain *d, size_t *cap, const char *path, unit_kind kind) 
     unit *u = &d->units[d->n_units++];
     memset(u, 0, sizeof *u);
     u->path = xstrdup(path);
+    u->key = u->path;
+    size_t nd = d->dir ? strlen(d->dir) : 0;
+    if (nd && strncmp(path, d->dir, nd) == 0) {
+        u->key = u->path + nd;
+        while (*u->key == '/') u->key++;
+    }
     u->kind = kind;
-    u->order = order_hash(path);
+    u->order = order_hash(u->key);
 }
 
 static void add_doc(cdomain *d, char *source, char *text, size_t len) {
@@ -1138,7 +1147,7 @@ static int unit_to_docs(cdomain *d, unit *u, size_t cap_bytes) {
         char *text = mome_malloc(len + 1);
         memcpy(text, u->text + starts[p], len);
         text[len] = 0;
-        char *source = u->kind == UNIT_HTML ? xasprintf("%s#section-%zu", u->path, p + 1) : xstrdup(u->path);
+        char *source = u->kind == UNIT_HTML ? xasprintf("%s#section-%zu", u->key, p + 1) : xstrdup(u->key);
         add_doc(d, source, text, len);
         d->bytes += len;
     }

@@ -321,7 +321,9 @@ static uint64_t *read_offs(hid_t f, const char *name, size_t *n) {
 }
 
 /* Checks one domain's shard and raw files; returns its train token count. */
-static size_t check_domain(const char *out, const char *name, const mome_tokenizer *tok, int *n_truncated_total) {
+/* dir: the domain's source directory; documents name their files relative to it. */
+static size_t check_domain(const char *out, const char *name, const char *dir, const mome_tokenizer *tok,
+                           int *n_truncated_total) {
     char path[700];
     snprintf(path, sizeof path, "%s/tokens/%s.h5", out, name);
     hid_t f = mome_h5_open_read(path);
@@ -390,7 +392,11 @@ static size_t check_domain(const char *out, const char *name, const mome_tokeniz
             /* raw text against the source file */
             char *orig;
             size_t olen;
-            if (mome_read_file(j.sources[d], &orig, &olen) == MOME_OK) {
+            char src_path[2048];
+            snprintf(src_path, sizeof src_path, "%s/%s", dir, j.sources[d]);
+            CHECK(j.sources[d][0] != '/', "%s %s doc %zu: source %s should be relative to the domain directory", name,
+                  split, d, j.sources[d]);
+            if (mome_read_file(src_path, &orig, &olen) == MOME_OK) {
                 if (olen == j.lens[d] && memcmp(orig, j.texts[d], olen) == 0) {
                 } else if (j.lens[d] < olen && memcmp(orig, j.texts[d], j.lens[d]) == 0) {
                     truncated++;
@@ -488,7 +494,7 @@ static void test_user_build(const char *root) {
     if (rc != MOME_OK) return;
     size_t train_tokens[3];
     int truncated = 0;
-    for (int i = 0; i < 3; i++) train_tokens[i] = check_domain(out, names[i], tok, &truncated);
+    for (int i = 0; i < 3; i++) train_tokens[i] = check_domain(out, names[i], dirs[i], tok, &truncated);
     size_t mx = 0, mn = SIZE_MAX;
     for (int i = 0; i < 3; i++) {
         if (train_tokens[i] > mx) mx = train_tokens[i];
