@@ -100,12 +100,25 @@ static const field schema[] = {
     {"checkpoint", "every", T_INT, F(checkpoint, every), "0", 0, 1000000000,
      "steps between checkpoints; 0: only at the end"},
     {"checkpoint", "keep", T_INT, F(checkpoint, keep), "3", 0, 1000000, "keep the last K checkpoints; 0: all"},
+
+    {"moe", "n_experts", T_INT, F(moe, n_experts), "0", 0, 65536,
+     "experts per MoE layer; 0: a dense model (every block has the dense MLP)"},
+    {"moe", "top_k", T_INT, F(moe, top_k), "1", 1, 64, "experts per token; <= n_experts"},
+    {"moe", "capacity_factor", T_FLOAT, F(moe, capacity_factor), "1.25", 0, 1000,
+     "per-expert capacity = ceil(capacity_factor * tokens * top_k / n_experts); 0: dropless"},
+    {"moe", "shared_d_ff", T_INT, F(moe, shared_d_ff), "0", 0, 1048576,
+     "hidden size of the shared (common) expert every token passes through; 0: none"},
+    {"moe", "aux_coef", T_FLOAT, F(moe, aux_coef), "0.01", 0, 100, "coefficient of the Switch load-balancing loss"},
+    {"moe", "z_coef", T_FLOAT, F(moe, z_coef), "0.001", 0, 100, "coefficient of the router z-loss"},
+
+    {"parallel", "ep", T_INT, F(parallel, ep), "0", 0, 1048576,
+     "ranks in an expert-parallel group (must divide the world size); 0: all ranks"},
 };
 #undef F
 
 #define N_FIELDS (sizeof schema / sizeof schema[0])
 
-static const char *const sections[] = {"model", "train", "data", "checkpoint"};
+static const char *const sections[] = {"model", "train", "data", "checkpoint", "moe", "parallel"};
 #define N_SECTIONS (sizeof sections / sizeof sections[0])
 
 static const char *type_name(field_type t) {
@@ -583,6 +596,9 @@ int mome_config_validate(const mome_config *cfg) {
         return mome_error_set(MOME_ECONFIG,
                               "config: [train] resume = '%s': expected none, auto or a readable checkpoint file (%s)",
                               t->resume, strerror(errno));
+    if (cfg->moe.n_experts > 0 && cfg->moe.top_k > cfg->moe.n_experts)
+        return mome_error_set(MOME_ECONFIG, "config: [moe] top_k = %d is larger than n_experts = %d", cfg->moe.top_k,
+                              cfg->moe.n_experts);
     if (!cfg->data.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [data] dir is empty");
     if (!cfg->checkpoint.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [checkpoint] dir is empty");
     /* domains: comma-separated names, no empty entries. */

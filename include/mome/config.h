@@ -54,10 +54,25 @@ typedef struct {
 } mome_checkpoint_section;
 
 typedef struct {
+    int n_experts;          /* 0: dense model */
+    int top_k;
+    float capacity_factor;  /* 0: dropless */
+    int shared_d_ff;        /* 0: no shared expert */
+    float aux_coef;
+    float z_coef;
+} mome_moe_section;
+
+typedef struct {
+    int ep;                 /* expert-parallel group size; 0: the whole world */
+} mome_parallel_section;
+
+typedef struct {
     mome_model_section model;
     mome_train_section train;
     mome_data_section data;
     mome_checkpoint_section checkpoint;
+    mome_moe_section moe;
+    mome_parallel_section parallel;
 } mome_config;
 
 /* Fills every field with its schema default. */
