@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mome/checkpoint.h"
 #include "mome/common.h"
@@ -223,7 +224,18 @@ static int cmd_train(int argc, char **argv) {
     }
     mome_free(text);
 
-    mome_set_threads(cfg.train.threads);
+    /* Without an explicit thread count, the ranks on one node share its cores. */
+    int threads = cfg.train.threads;
+    if (threads <= 0 && !getenv("OMP_NUM_THREADS")) {
+        MPI_Comm node;
+        int local = 1;
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+        MPI_Comm_size(node, &local);
+        MPI_Comm_free(&node);
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores / local > 0 ? (int)(cores / local) : 1;
+    }
+    mome_set_threads(threads);
     rc = mome_train(&cfg, MPI_COMM_WORLD);
     int code = 0;
     if (rc == MOME_ESTOP) code = MOME_EXIT_STOPPED;

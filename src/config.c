@@ -89,7 +89,7 @@ static const field schema[] = {
     {"train", "eval_batches", T_INT, F(train, eval_batches), "4", 1, 1000000,
      "validation sequences per domain = eval_batches * batch_size"},
     {"train", "threads", T_INT, F(train, threads), "0", 0, 4096,
-     "threads per rank; 0: OMP_NUM_THREADS or all cores"},
+     "threads per rank; 0: OMP_NUM_THREADS, or the node's cores divided among the ranks on it"},
 
     {"data", "dir", T_STR, F(data, dir), "data/default", 0, 0, "corpus directory written by `mome data build`"},
     {"data", "domains", T_STR, F(data, domains), "", 0, 0,

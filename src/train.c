@@ -20,7 +20,9 @@
 #include "mome/common.h"
 #include "mome/loss.h"
 #include "mome/optim.h"
+#include "mome/parallel.h"
 #include "mome/rng.h"
+
 
 int mome_set_threads(int n) {
     if (n <= 0) {
@@ -53,6 +55,12 @@ static int model_config_from(const mome_config *cfg, int vocab, mome_gpt_config 
     mc->n_head = cfg->model.n_head;
     mc->d_model = cfg->model.d_model;
     mc->d_ff = cfg->model.d_ff > 0 ? cfg->model.d_ff : 4 * cfg->model.d_model;
+    mc->n_experts = cfg->moe.n_experts;
+    mc->top_k = cfg->moe.top_k;
+    mc->capacity_factor = cfg->moe.capacity_factor;
+    mc->shared_d_ff = cfg->moe.shared_d_ff;
+    mc->aux_coef = cfg->moe.aux_coef;
+    mc->z_coef = cfg->moe.z_coef;
     return mome_gpt_config_check(mc);
 }
 
@@ -75,15 +83,26 @@ int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_wi
         snprintf(out->name[d], sizeof out->name[d], "%s", ds->domains[d].name);
         size_t W = mome_dataset_val_windows(ds, d, T);
         if (max_windows > 0 && W > (size_t)max_windows) W = (size_t)max_windows;
+        /* Every rank runs the same number of forward passes (an expert-parallel forward is collective); a rank
+         * whose windows ran out repeats window 0 and does not count it. */
+        size_t per_rank = (W + (size_t)world - 1) / (size_t)world;
+        size_t batches = (per_rank + (size_t)B - 1) / (size_t)B;
         size_t w = (size_t)rank;
-        while (w < W) {
+        for (size_t bi = 0; bi < batches; bi++) {
             int b = 0;
             for (; b < B && w < W; b++, w += (size_t)world) {
                 mome_dataset_val_window(ds, d, w, T, buf + (size_t)b * (size_t)(T + 1));
                 memcpy(inp + (size_t)b * T, buf + (size_t)b * (T + 1), (size_t)T * sizeof *inp);
                 memcpy(tgt + (size_t)b * T, buf + (size_t)b * (T + 1) + 1, (size_t)T * sizeof *tgt);
             }
+            int real = b;
+            if (real == 0) {
+                mome_dataset_val_window(ds, d, 0, T, buf);
+                memcpy(inp, buf, (size_t)T * sizeof *inp);
+                b = 1;
+            }
             mome_gpt_forward(m, inp, b, T);
+            if (real == 0) continue;
             size_t valid = 0;
             sums[2 * d] += mome_xent_forward_backward(m->logits, tgt, (size_t)b * T, m->cfg.vocab_size, 0.0f, &valid);
             sums[2 * d + 1] += (double)valid;
@@ -150,7 +169,9 @@ typedef struct {
     int rank, world;
     int T, B, B_local, accum;
     mome_dataset ds;
-    mome_gpt model;
+    mome_parallel par;     /* communicators and the expert partition */
+    mome_gpt model;        /* dense tensors, then this rank's experts */
+    mome_tensor_table full_table; /* the model with every expert: what checkpoints hold */
     mome_adamw opt;
     mome_rng rng;          /* this rank's generator (saved in checkpoints; reserved for stochastic parts) */
     uint64_t data_cursor;  /* samples drawn by this rank */
@@ -163,6 +184,18 @@ typedef struct {
 } trainer;
 
 static int save_checkpoint(trainer *tr) {
+    /* Every expert, by global id, onto rank 0 (a checkpoint never depends on the number of ranks). */
+    const mome_tensor_table *full = &tr->full_table;
+    float *bufs[3] = {NULL, NULL, NULL};
+    if (tr->rank == 0)
+        for (int b = 0; b < 3; b++) bufs[b] = mome_malloc(full->total * sizeof(float));
+    const float *local[3] = {tr->model.params, tr->opt.m, tr->opt.v};
+    int grc = mome_parallel_gather(&tr->par, &tr->model.table, local, full, bufs, 3);
+    MPI_Bcast(&grc, 1, MPI_INT, 0, tr->comm);
+    if (grc) {
+        for (int b = 0; b < 3; b++) mome_free(bufs[b]);
+        return grc;
+    }
     uint64_t mine[5];
     memcpy(mine, tr->rng.s, sizeof tr->rng.s);
     mine[4] = tr->data_cursor;
@@ -183,10 +216,10 @@ static int save_checkpoint(trainer *tr) {
             .config_text = tr->config_text,
             .tokenizer_hash = tr->ds.tokenizer_hash,
             .model_kind = "gpt",
-            .table = &tr->model.table,
-            .params = tr->model.params,
-            .adam_m = tr->opt.m,
-            .adam_v = tr->opt.v,
+            .table = full,
+            .params = bufs[0],
+            .adam_m = bufs[1],
+            .adam_v = bufs[2],
             .adam_step = tr->opt.step,
             .n_streams = tr->world,
             .rng_states = rngs,
@@ -203,6 +236,7 @@ static int save_checkpoint(trainer *tr) {
         mome_free(cursors);
         mome_free(all);
     }
+    for (int b = 0; b < 3; b++) mome_free(bufs[b]);
     MPI_Bcast(&rc, 1, MPI_INT, 0, tr->comm);
     return rc;
 }
@@ -218,8 +252,21 @@ static int resume_from(trainer *tr, const char *path) {
     } else if (strcmp(info.model_kind, "gpt") != 0) {
         rc = mome_error_set(MOME_EMISMATCH, "%s: holds a '%s' model, this run trains 'gpt'", path, info.model_kind);
     }
-    if (rc == MOME_OK)
-        rc = mome_ckpt_read_tensors(path, &tr->model.table, tr->model.params, tr->opt.m, tr->opt.v);
+    if (rc == MOME_OK) {
+        /* Read every expert, keep this rank's: resuming works on any number of ranks. */
+        const mome_tensor_table *full = &tr->full_table;
+        float *fp = mome_malloc(full->total * sizeof(float)), *fm = mome_malloc(full->total * sizeof(float));
+        float *fv = mome_malloc(full->total * sizeof(float));
+        rc = mome_ckpt_read_tensors(path, full, fp, fm, fv);
+        if (rc == MOME_OK) {
+            mome_table_copy_experts(&tr->model.table, tr->model.params, tr->par.expert_first, full, fp, 0);
+            mome_table_copy_experts(&tr->model.table, tr->opt.m, tr->par.expert_first, full, fm, 0);
+            mome_table_copy_experts(&tr->model.table, tr->opt.v, tr->par.expert_first, full, fv, 0);
+        }
+        mome_free(fp);
+        mome_free(fm);
+        mome_free(fv);
+    }
     if (rc == MOME_OK) {
         tr->step = (long)info.step;
         tr->tokens_seen = info.tokens_seen;
@@ -241,28 +288,57 @@ static int resume_from(trainer *tr, const char *path) {
     return rc;
 }
 
-static void log_step(trainer *tr, double loss, float lr, double gnorm, double step_s, double tok_s) {
+typedef struct {
+    double aux, z, dropped_frac; /* means over the step's micro-batches */
+} moe_step_stats;
+
+/* Finite numbers as JSON reals, the others as null. */
+static json_t *json_num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *ms, float lr, double gnorm,
+                     double step_s, double tok_s) {
     const mome_config *cfg = tr->cfg;
     if (tr->rank != 0) return;
     if (cfg->train.log_every > 0 && (tr->step % cfg->train.log_every == 0 || tr->step == cfg->train.steps ||
                                      tr->step == 1)) {
         double eta = step_s * (double)(cfg->train.steps - tr->step);
-        mome_info("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f ms | %.0f tok/s | eta %.0fs", tr->step,
-                  cfg->train.steps, loss, lr, gnorm, step_s * 1e3, tok_s, eta);
+        char moe[128] = "";
+        if (ms)
+            snprintf(moe, sizeof moe, " (ce %.4f aux %.3f z %.2f drop %.1f%%)", ce, ms->aux, ms->z,
+                     100.0 * ms->dropped_frac);
+        mome_info("step %5ld/%ld | loss %.4f%s | lr %.2e | grad norm %.3f | %.0f ms | %.0f tok/s | eta %.0fs",
+                  tr->step, cfg->train.steps, loss, moe, lr, gnorm, step_s * 1e3, tok_s, eta);
     }
-    if (tr->metrics) {
-        json_t *o = json_pack("{s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:f}", "event", "train", "step", (json_int_t)tr->step,
-                              "tokens_seen", (json_int_t)tr->tokens_seen, "loss", isfinite(loss) ? loss : -1.0, "lr",
-                              (double)lr, "grad_norm", isfinite(gnorm) ? gnorm : -1.0, "step_ms", step_s * 1e3,
-                              "tokens_per_s", tok_s);
-        if (!isfinite(loss)) json_object_set_new(o, "loss", json_null());
-        if (!isfinite(gnorm)) json_object_set_new(o, "grad_norm", json_null());
-        char *line = json_dumps(o, JSON_COMPACT);
-        fprintf(tr->metrics, "%s\n", line);
-        fflush(tr->metrics);
-        free(line);
-        json_decref(o);
+    if (!tr->metrics) return;
+    json_t *o = json_object();
+    json_object_set_new(o, "event", json_string("train"));
+    json_object_set_new(o, "step", json_integer((json_int_t)tr->step));
+    json_object_set_new(o, "tokens_seen", json_integer((json_int_t)tr->tokens_seen));
+    json_object_set_new(o, "loss", json_num(loss));
+    json_object_set_new(o, "ce", json_num(ce));
+    json_object_set_new(o, "lr", json_real((double)lr));
+    json_object_set_new(o, "grad_norm", json_num(gnorm));
+    json_object_set_new(o, "step_ms", json_real(step_s * 1e3));
+    json_object_set_new(o, "tokens_per_s", json_num(tok_s));
+    if (ms) {
+        json_object_set_new(o, "aux", json_num(ms->aux));
+        json_object_set_new(o, "z_loss", json_num(ms->z));
+        json_object_set_new(o, "dropped_frac", json_num(ms->dropped_frac));
+        /* Load fractions per layer and expert, of the step's last micro-batch. */
+        const int L = tr->model.cfg.n_layer, E = tr->model.cfg.n_experts;
+        json_t *load = json_array();
+        for (int l = 0; l < L; l++) {
+            json_t *row = json_array();
+            for (int e = 0; e < E; e++) json_array_append_new(row, json_num(tr->model.expert_load[l * E + e]));
+            json_array_append_new(load, row);
+        }
+        json_object_set_new(o, "expert_load", load);
     }
+    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    fprintf(tr->metrics, "%s\n", line);
+    fflush(tr->metrics);
+    free(line);
+    json_decref(o);
 }
 
 static void log_eval(trainer *tr, const mome_eval_result *r) {
@@ -298,7 +374,10 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
         return mome_error_set(MOME_ECONFIG, "[train] batch_size = %d is not divisible by the %d ranks", tr->B,
                               tr->world);
     tr->B_local = tr->B / tr->world;
-    int rc = mome_dataset_open(&tr->ds, cfg->data.dir, cfg->data.domains);
+    /* Collective, and its errors are the same on every rank: done before anything that can fail on one rank. */
+    int rc = mome_parallel_init(&tr->par, comm, cfg->parallel.ep, cfg->moe.n_experts);
+    if (rc) return rc;
+    rc = mome_dataset_open(&tr->ds, cfg->data.dir, cfg->data.domains);
     if (rc) return rc;
     for (int d = 0; d < tr->ds.n_domains; d++)
         if (tr->ds.domains[d].n_train <= (size_t)tr->T + 1)
@@ -307,9 +386,14 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
     mome_gpt_config mc;
     rc = model_config_from(cfg, tr->ds.vocab_size, &mc);
     if (rc) return rc;
-    rc = mome_gpt_init(&tr->model, &mc);
+    rc = mome_gpt_init_experts(&tr->model, &mc, tr->par.expert_first, tr->par.expert_count);
     if (rc) return rc;
     mome_gpt_init_weights(&tr->model, cfg->train.seed);
+    mome_table_with_experts(&tr->model.table, mc.n_experts, &tr->full_table);
+    /* MoE routing statistics (capacity, load balance) over the whole global batch, and experts reached through
+     * the dispatch when they are spread over several ranks. */
+    if (mc.n_experts > 0 && tr->world > 1)
+        mome_gpt_set_parallel(&tr->model, comm, tr->par.ep > 1 ? &tr->par.dispatch : NULL);
     rc = mome_gpt_reserve(&tr->model, tr->B_local, tr->T);
     if (rc) return rc;
     mome_adamw_config oc = {
@@ -341,6 +425,7 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
 
 static void trainer_free(trainer *tr) {
     if (tr->metrics) fclose(tr->metrics);
+    if (tr->par.ep > 0) mome_parallel_free(&tr->par);
     mome_free(tr->config_text);
     mome_adamw_free(&tr->opt);
     mome_gpt_free(&tr->model);
@@ -424,7 +509,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     while (tr.step < steps) {
         double t0 = mome_now();
         mome_gpt_zero_grad(&tr.model);
-        double loss_sum = 0.0;
+        double loss_sum = 0.0, aux_sum = 0.0, z_sum = 0.0, drop_sum = 0.0;
         for (int micro = 0; micro < tr.accum; micro++) {
             uint64_t base = ((uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro) * (uint64_t)tr.B +
                             (uint64_t)tr.rank * (uint64_t)Bl;
@@ -439,14 +524,19 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
             size_t valid = 0;
             loss_sum += mome_xent_forward_backward(tr.model.logits, tgt, (size_t)Bl * T, mc->vocab_size, grad_scale,
                                                    &valid);
-            mome_gpt_backward(&tr.model, inp, Bl, T);
+            /* The MoE losses are means over the global micro-batch; each micro-batch weighs 1/accum. */
+            mome_gpt_backward_ex(&tr.model, inp, Bl, T, 1.0f / (float)tr.accum);
+            aux_sum += tr.model.aux_loss;
+            z_sum += tr.model.z_loss;
+            drop_sum += tr.model.dropped_frac;
         }
-        if (tr.world > 1) {
-            MPI_Allreduce(MPI_IN_PLACE, tr.model.grads, (int)tr.model.table.total, MPI_FLOAT, MPI_SUM, comm);
-            MPI_Allreduce(MPI_IN_PLACE, &loss_sum, 1, MPI_DOUBLE, MPI_SUM, comm);
-        }
-        double loss = loss_sum / ((double)tr.B * T * tr.accum);
-        double gnorm = mome_grad_norm(tr.model.grads, tr.model.table.total);
+        rc = mome_parallel_allreduce_grads(&tr.par, tr.model.grads, tr.model.n_dense, tr.model.table.total);
+        if (rc) MOME_FATAL("%s", mome_error_message());
+        if (tr.world > 1) MPI_Allreduce(MPI_IN_PLACE, &loss_sum, 1, MPI_DOUBLE, MPI_SUM, comm);
+        double ce = loss_sum / ((double)tr.B * T * tr.accum);
+        double aux = aux_sum / tr.accum, zl = z_sum / tr.accum;
+        double loss = ce + (double)cfg->moe.aux_coef * aux + (double)cfg->moe.z_coef * zl;
+        double gnorm = mome_parallel_grad_norm(&tr.par, tr.model.grads, tr.model.n_dense, tr.model.table.total);
         float clip = 1.0f;
         if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip) clip = (float)(cfg->train.grad_clip / (gnorm + 1e-6));
         float lr = mome_lr_at(&tr.opt.cfg, tr.step);
@@ -457,7 +547,8 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         tr.step++;
         tr.tokens_seen += (int64_t)tr.B * T * tr.accum;
         double dt = mome_now() - t0;
-        log_step(&tr, loss, lr, gnorm, dt, (double)tr.B * T * tr.accum / dt);
+        moe_step_stats ms = {aux, zl, drop_sum / tr.accum};
+        log_step(&tr, loss, ce, cfg->moe.n_experts > 0 ? &ms : NULL, lr, gnorm, dt, (double)tr.B * T * tr.accum / dt);
 
         if (eval_every > 0 && tr.step % eval_every == 0 && tr.step < steps) {
             mome_eval_result r;

@@ -39,7 +39,7 @@ typedef struct {
     int log_every;
     int eval_every;              /* 0: only before and after training */
     int eval_batches;            /* validation sequences per domain = eval_batches * batch_size */
-    int threads;                 /* threads per rank; 0: OMP_NUM_THREADS or all cores */
+    int threads;                 /* threads per rank; 0: OMP_NUM_THREADS, or the node's cores / ranks on the node */
 } mome_train_section;
 
 typedef struct {
