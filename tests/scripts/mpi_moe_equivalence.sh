@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test of the distributed code: an MoE student (4 experts, top-1, capacity 1.25 so tokens are dropped, Switch
 # aux loss) trained for 20 steps on the same global batch with mpirun -np 1, -np 2 and -np 4 (experts spread over
-# the ranks) gives the same per-step losses and the same final weights within 1e-5 relative. A checkpoint written
+# the ranks; and 4 ranks as two expert-parallel groups of 2, each expert with 2 replicas) gives the same per-step
+# losses and the same final weights within 1e-5 relative. A checkpoint written
 # by 2 ranks resumes on 1 and on 4 ranks and continues with the losses of the uninterrupted run.
 #
 # Why train.eps=1e-6: the ranks sum gradients in a different order than one process, so gradients differ at
@@ -23,6 +24,7 @@ run() { # run NP NAME [overrides...]
 run 1 np1
 run 2 np2
 run 4 np4
+run 4 np4_ep2 parallel.ep=2   # two groups of 2 ranks: every expert has 2 replicas
 for np in 1 4; do
   mkdir -p "ckpt/from2_np$np"
   cp ckpt/np2/step_00000010.h5 "ckpt/from2_np$np/"
@@ -50,7 +52,8 @@ def weights(run):
     f.visit(lambda n: out.__setitem__(n, f[n][()]) if isinstance(f[n], h5py.Dataset) and n.startswith("model/") else None)
     return out
 w1 = weights("np1")
-for run, steps in (("np2", range(1, 21)), ("np4", range(1, 21)), ("from2_np1", range(11, 21)), ("from2_np4", range(11, 21))):
+for run, steps in (("np2", range(1, 21)), ("np4", range(1, 21)), ("np4_ep2", range(1, 21)),
+                   ("from2_np1", range(11, 21)), ("from2_np4", range(11, 21))):
     compare(run, list(steps))
     w = weights(run)
     if set(w) != set(w1):
