@@ -135,6 +135,13 @@ static int write_contents(hid_t f, const mome_ckpt_save_args *a) {
     hsize_t rd[2] = {(hsize_t)a->n_streams, 4};
     if ((rc = mome_h5_write_u64(f, "rng/state", a->rng_states, 2, rd))) return rc;
     if ((rc = mome_h5_write_u64(f, "data/cursor", a->data_cursors, 1, rd))) return rc;
+    if (a->kd_window > 0) {
+        hsize_t kd[1] = {(hsize_t)a->kd_window}, one[1] = {1};
+        uint64_t count = a->kd_count;
+        if ((rc = mome_h5_write_f64(f, "kd/ce_window", a->kd_ce, 1, kd))) return rc;
+        if ((rc = mome_h5_write_f64(f, "kd/kd_window", a->kd_kd, 1, kd))) return rc;
+        if ((rc = mome_h5_write_u64(f, "kd/count", &count, 1, one))) return rc;
+    }
     return MOME_OK;
 }
 
@@ -326,9 +333,12 @@ void mome_ckpt_info_free(mome_ckpt_info *info) {
     mome_free(info->config_text);
     mome_free(info->rng_states);
     mome_free(info->data_cursors);
+    mome_free(info->kd_ce);
+    mome_free(info->kd_kd);
     info->config_text = NULL;
     info->rng_states = NULL;
     info->data_cursors = NULL;
+    info->kd_ce = info->kd_kd = NULL;
 }
 
 int mome_ckpt_read_info(const char *path, mome_ckpt_info *info) {
@@ -379,6 +389,21 @@ int mome_ckpt_read_info(const char *path, mome_ckpt_info *info) {
     if ((rc = mome_h5_read_u64(f, "rng/state", info->rng_states, 2, dims))) goto fail;
     what = "/data/cursor";
     if ((rc = mome_h5_read_u64(f, "data/cursor", info->data_cursors, 1, dims))) goto fail;
+    if (mome_h5_exists(f, "kd/count")) {
+        what = "/kd";
+        hsize_t one[1] = {1};
+        if ((rc = mome_h5_shape(f, "kd/ce_window", &nd, dims))) goto fail;
+        if (nd != 1 || dims[0] < 1 || dims[0] > 1u << 28) {
+            rc = mome_error_set(MOME_EFORMAT, "%s:/kd/ce_window must be a non-empty vector", path);
+            goto fail;
+        }
+        info->kd_window = (size_t)dims[0];
+        info->kd_ce = mome_malloc(dims[0] * sizeof(double));
+        info->kd_kd = mome_malloc(dims[0] * sizeof(double));
+        if ((rc = mome_h5_read_f64(f, "kd/ce_window", info->kd_ce, 1, dims))) goto fail;
+        if ((rc = mome_h5_read_f64(f, "kd/kd_window", info->kd_kd, 1, dims))) goto fail;
+        if ((rc = mome_h5_read_u64(f, "kd/count", &info->kd_count, 1, one))) goto fail;
+    }
     H5Fclose(f);
     return MOME_OK;
 fail:

@@ -111,6 +111,22 @@ static const field schema[] = {
     {"moe", "aux_coef", T_FLOAT, F(moe, aux_coef), "0.01", 0, 100, "coefficient of the Switch load-balancing loss"},
     {"moe", "z_coef", T_FLOAT, F(moe, z_coef), "0.001", 0, 100, "coefficient of the router z-loss"},
 
+    {"teacher", "checkpoint", T_STR, F(teacher, checkpoint), "", 0, 0,
+     "teacher to distill from: a mome checkpoint file, or a run directory (its latest); empty: no distillation"},
+    {"teacher", "placement", T_STR, F(teacher, placement), "coordinator", 0, 0,
+     "coordinator (rank 0 runs the teacher for every rank and sends the targets) | each (every rank runs it)"},
+
+    {"kd", "alpha", T_FLOAT, F(kd, alpha), "0.5", 0, 1, "weight of the CE term (fixed mode); 1 - alpha on T^2 * KL"},
+    {"kd", "alpha_mode", T_STR, F(kd, alpha_mode), "fixed", 0, 0,
+     "fixed | adaptive (Al-Maamari et al.: from the trends of the last max(20, steps/100) losses)"},
+    {"kd", "schedule", T_STR, F(kd, schedule), "combined", 0, 0,
+     "combined (alpha * CE + (1 - alpha) * KD on every micro-batch) | alternating (CE-only and KD-only in turn)"},
+    {"kd", "temperature", T_FLOAT, F(kd, temperature), "2", 0.01, 100, "distillation temperature T"},
+    {"kd", "direction", T_STR, F(kd, direction), "forward", 0, 0,
+     "forward: KL(teacher || student) | reverse: KL(student || teacher)"},
+    {"kd", "teacher_topk", T_INT, F(kd, teacher_topk), "0", 0, 1048576,
+     "send the teacher's top-k log-probs plus the tail mass per position instead of full logits; 0: full"},
+
     {"parallel", "ep", T_INT, F(parallel, ep), "0", 0, 1048576,
      "ranks in an expert-parallel group (must divide the world size); 0: all ranks"},
 };
@@ -118,7 +134,7 @@ static const field schema[] = {
 
 #define N_FIELDS (sizeof schema / sizeof schema[0])
 
-static const char *const sections[] = {"model", "train", "data", "checkpoint", "moe", "parallel"};
+static const char *const sections[] = {"model", "train", "data", "checkpoint", "moe", "teacher", "kd", "parallel"};
 #define N_SECTIONS (sizeof sections / sizeof sections[0])
 
 static const char *type_name(field_type t) {
@@ -599,6 +615,29 @@ int mome_config_validate(const mome_config *cfg) {
     if (cfg->moe.n_experts > 0 && cfg->moe.top_k > cfg->moe.n_experts)
         return mome_error_set(MOME_ECONFIG, "config: [moe] top_k = %d is larger than n_experts = %d", cfg->moe.top_k,
                               cfg->moe.n_experts);
+    {
+        const struct {
+            const char *section, *key, *value, *allowed;
+        } choices[] = {
+            {"teacher", "placement", cfg->teacher.placement, "coordinator|each"},
+            {"kd", "alpha_mode", cfg->kd.alpha_mode, "fixed|adaptive"},
+            {"kd", "schedule", cfg->kd.schedule, "combined|alternating"},
+            {"kd", "direction", cfg->kd.direction, "forward|reverse"},
+        };
+        for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++) {
+            const char *v = choices[i].value, *a = choices[i].allowed;
+            size_t n = strlen(v);
+            int ok = 0;
+            for (const char *p = a; *p && !ok;) {
+                size_t len = strcspn(p, "|");
+                ok = len == n && n > 0 && strncmp(p, v, n) == 0;
+                p += len + (p[len] == '|');
+            }
+            if (!ok)
+                return mome_error_set(MOME_ECONFIG, "config: [%s] %s = '%s': expected one of %s", choices[i].section,
+                                      choices[i].key, v, a);
+        }
+    }
     if (!cfg->data.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [data] dir is empty");
     if (!cfg->checkpoint.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [checkpoint] dir is empty");
     /* domains: comma-separated names, no empty entries. */

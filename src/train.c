@@ -19,6 +19,7 @@
 #include "mome/checkpoint.h"
 #include "mome/common.h"
 #include "mome/loss.h"
+#include "mome/distill.h"
 #include "mome/optim.h"
 #include "mome/parallel.h"
 #include "mome/rng.h"
@@ -173,6 +174,9 @@ typedef struct {
     mome_gpt model;        /* dense tensors, then this rank's experts */
     mome_tensor_table full_table; /* the model with every expert: what checkpoints hold */
     mome_adamw opt;
+    mome_distiller kd;     /* the teacher, when [teacher] checkpoint is set */
+    mome_kd_alpha alpha;   /* CE/KD weighting state (saved in checkpoints) */
+    mome_kd_schedule schedule;
     mome_rng rng;          /* this rank's generator (saved in checkpoints; reserved for stochastic parts) */
     uint64_t data_cursor;  /* samples drawn by this rank */
     long step;             /* optimizer steps completed */
@@ -225,6 +229,15 @@ static int save_checkpoint(trainer *tr) {
             .rng_states = rngs,
             .data_cursors = cursors,
         };
+        double *kd_ce = NULL, *kd_kd = NULL;
+        if (tr->kd.on) {
+            a.kd_window = tr->alpha.window;
+            kd_ce = mome_malloc(tr->alpha.window * sizeof(double));
+            kd_kd = mome_malloc(tr->alpha.window * sizeof(double));
+            mome_kd_alpha_export(&tr->alpha, kd_ce, kd_kd, &a.kd_count);
+            a.kd_ce = kd_ce;
+            a.kd_kd = kd_kd;
+        }
         char path[1024];
         double t0 = mome_now();
         rc = mome_ckpt_save(tr->ckpt_dir, &a, tr->cfg->checkpoint.keep, path, sizeof path);
@@ -235,6 +248,8 @@ static int save_checkpoint(trainer *tr) {
         mome_free(rngs);
         mome_free(cursors);
         mome_free(all);
+        mome_free(kd_ce);
+        mome_free(kd_kd);
     }
     for (int b = 0; b < 3; b++) mome_free(bufs[b]);
     MPI_Bcast(&rc, 1, MPI_INT, 0, tr->comm);
@@ -280,6 +295,10 @@ static int resume_from(trainer *tr, const char *path) {
             tr->data_cursor = (uint64_t)info.step * (uint64_t)tr->accum * (uint64_t)tr->B_local;
             mome_info("resume: checkpoint written by %d ranks, continuing on %d", info.n_streams, tr->world);
         }
+        if (tr->kd.on && info.kd_window > 0) {
+            rc = mome_kd_alpha_import(&tr->alpha, info.kd_ce, info.kd_kd, info.kd_window, info.kd_count);
+            if (rc) rc = mome_error_wrap(rc, "%s: distillation state", path);
+        }
         if (strcmp(info.config_text, tr->config_text) != 0)
             mome_warn("resume: the configuration differs from the one stored in %s; the run continues with the new "
                       "one (losses may not match an uninterrupted run)", path);
@@ -295,16 +314,27 @@ typedef struct {
 /* Finite numbers as JSON reals, the others as null. */
 static json_t *json_num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *ms, float lr, double gnorm,
-                     double step_s, double tok_s) {
+typedef struct {
+    double ce, kd;     /* mean CE and T^2 * KL per position over the step (NaN where not computed) */
+    double alpha;      /* the CE weight used in this step */
+    double bytes;      /* teacher target bytes rank 0 sent to the other ranks this step */
+} kd_step_stats;
+
+static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *ms, const kd_step_stats *ks,
+                     float lr, double gnorm, double step_s, double tok_s) {
     const mome_config *cfg = tr->cfg;
     if (tr->rank != 0) return;
     if (cfg->train.log_every > 0 && (tr->step % cfg->train.log_every == 0 || tr->step == cfg->train.steps ||
                                      tr->step == 1)) {
         double eta = step_s * (double)(cfg->train.steps - tr->step);
-        char moe[128] = "";
+        char moe[256] = "";
+        int off = 0;
+        if (ks)
+            off += snprintf(moe + off, sizeof moe - (size_t)off, " (ce %.4f kd %.4f alpha %.3f, teacher %.0f kB)",
+                            ks->ce, ks->kd, ks->alpha, ks->bytes / 1e3);
+        if (ms && !ks) off += snprintf(moe + off, sizeof moe - (size_t)off, " (ce %.4f)", ce);
         if (ms)
-            snprintf(moe, sizeof moe, " (ce %.4f aux %.3f z %.2f drop %.1f%%)", ce, ms->aux, ms->z,
+            snprintf(moe + off, sizeof moe - (size_t)off, " (aux %.3f z %.2f drop %.1f%%)", ms->aux, ms->z,
                      100.0 * ms->dropped_frac);
         mome_info("step %5ld/%ld | loss %.4f%s | lr %.2e | grad norm %.3f | %.0f ms | %.0f tok/s | eta %.0fs",
                   tr->step, cfg->train.steps, loss, moe, lr, gnorm, step_s * 1e3, tok_s, eta);
@@ -315,7 +345,12 @@ static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *
     json_object_set_new(o, "step", json_integer((json_int_t)tr->step));
     json_object_set_new(o, "tokens_seen", json_integer((json_int_t)tr->tokens_seen));
     json_object_set_new(o, "loss", json_num(loss));
-    json_object_set_new(o, "ce", json_num(ce));
+    json_object_set_new(o, "ce", json_num(ks ? ks->ce : ce));
+    if (ks) {
+        json_object_set_new(o, "kd", json_num(ks->kd));
+        json_object_set_new(o, "alpha", json_num(ks->alpha));
+        json_object_set_new(o, "teacher_bytes", json_num(ks->bytes));
+    }
     json_object_set_new(o, "lr", json_real((double)lr));
     json_object_set_new(o, "grad_norm", json_num(gnorm));
     json_object_set_new(o, "step_ms", json_real(step_s * 1e3));
@@ -394,6 +429,13 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
      * the dispatch when they are spread over several ranks. */
     if (mc.n_experts > 0 && tr->world > 1)
         mome_gpt_set_parallel(&tr->model, comm, tr->par.ep > 1 ? &tr->par.dispatch : NULL);
+    rc = mome_distill_init(&tr->kd, cfg, tr->ds.tokenizer_hash, tr->ds.vocab_size, tr->B_local, tr->T, comm);
+    if (rc) return rc;
+    tr->schedule = strcmp(cfg->kd.schedule, "alternating") == 0 ? MOME_KD_ALTERNATING : MOME_KD_COMBINED;
+    rc = mome_kd_alpha_init(&tr->alpha,
+                            strcmp(cfg->kd.alpha_mode, "adaptive") == 0 ? MOME_KD_ALPHA_ADAPTIVE : MOME_KD_ALPHA_FIXED,
+                            cfg->kd.alpha, mome_kd_alpha_window((uint64_t)cfg->train.steps));
+    if (rc) return rc;
     rc = mome_gpt_reserve(&tr->model, tr->B_local, tr->T);
     if (rc) return rc;
     mome_adamw_config oc = {
@@ -428,6 +470,8 @@ static void trainer_free(trainer *tr) {
     if (tr->par.ep > 0) mome_parallel_free(&tr->par);
     mome_free(tr->config_text);
     mome_adamw_free(&tr->opt);
+    mome_distill_free(&tr->kd);
+    mome_kd_alpha_free(&tr->alpha);
     mome_gpt_free(&tr->model);
     mome_dataset_close(&tr->ds);
 }
@@ -510,6 +554,11 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         double t0 = mome_now();
         mome_gpt_zero_grad(&tr.model);
         double loss_sum = 0.0, aux_sum = 0.0, z_sum = 0.0, drop_sum = 0.0;
+        /* With a teacher: the weighted objective in loss_sum, and its parts (summed over rows) for the log and the
+         * adaptive alpha: [ce_sum, ce_rows, kl_sum, kl_rows]. */
+        double parts[4] = {0, 0, 0, 0};
+        const double alpha = mome_kd_alpha_get(&tr.alpha);
+        size_t kd_bytes = 0;
         for (int micro = 0; micro < tr.accum; micro++) {
             uint64_t base = ((uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro) * (uint64_t)tr.B +
                             (uint64_t)tr.rank * (uint64_t)Bl;
@@ -520,10 +569,29 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
                 memcpy(tgt + (size_t)b * T, row + 1, (size_t)T * sizeof *tgt);
             }
             tr.data_cursor += (uint64_t)Bl;
+            float w_ce = 1.0f, w_kd = 0.0f;
+            if (tr.kd.on) {
+                mome_kd_weights(tr.schedule, alpha, (uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro, &w_ce,
+                                &w_kd);
+                if (w_kd > 0.0f) {
+                    rc = agree(mome_distill_targets(&tr.kd, inp), comm);
+                    if (rc) MOME_FATAL("teacher targets: %s", mome_error_message());
+                    kd_bytes += tr.kd.bytes_sent;
+                }
+            }
             mome_gpt_forward(&tr.model, inp, Bl, T);
-            size_t valid = 0;
-            loss_sum += mome_xent_forward_backward(tr.model.logits, tgt, (size_t)Bl * T, mc->vocab_size, grad_scale,
-                                                   &valid);
+            if (tr.kd.on) {
+                mome_kd_sums ks;
+                loss_sum += mome_distill_loss(&tr.kd, tr.model.logits, &ks, tgt, w_ce, w_kd, grad_scale);
+                parts[0] += ks.ce_sum;
+                parts[1] += (double)ks.n_valid;
+                parts[2] += ks.kl_sum;
+                parts[3] += (double)ks.n_kd;
+            } else {
+                size_t valid = 0;
+                loss_sum += mome_xent_forward_backward(tr.model.logits, tgt, (size_t)Bl * T, mc->vocab_size,
+                                                       grad_scale, &valid);
+            }
             /* The MoE losses are means over the global micro-batch; each micro-batch weighs 1/accum. */
             mome_gpt_backward_ex(&tr.model, inp, Bl, T, 1.0f / (float)tr.accum);
             aux_sum += tr.model.aux_loss;
@@ -533,7 +601,15 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         rc = mome_parallel_allreduce_grads(&tr.par, tr.model.grads, tr.model.n_dense, tr.model.table.total);
         if (rc) MOME_FATAL("%s", mome_error_message());
         if (tr.world > 1) MPI_Allreduce(MPI_IN_PLACE, &loss_sum, 1, MPI_DOUBLE, MPI_SUM, comm);
+        if (tr.world > 1 && tr.kd.on) MPI_Allreduce(MPI_IN_PLACE, parts, 4, MPI_DOUBLE, MPI_SUM, comm);
         double ce = loss_sum / ((double)tr.B * T * tr.accum);
+        kd_step_stats ks = {NAN, NAN, alpha, (double)kd_bytes};
+        if (tr.kd.on) {
+            const double T2 = (double)cfg->kd.temperature * (double)cfg->kd.temperature;
+            ks.ce = parts[1] > 0 ? parts[0] / parts[1] : NAN;
+            ks.kd = parts[3] > 0 ? T2 * parts[2] / parts[3] : NAN;
+            if (isfinite(ks.ce) && isfinite(ks.kd)) mome_kd_alpha_push(&tr.alpha, ks.ce, ks.kd);
+        }
         double aux = aux_sum / tr.accum, zl = z_sum / tr.accum;
         double loss = ce + (double)cfg->moe.aux_coef * aux + (double)cfg->moe.z_coef * zl;
         double gnorm = mome_parallel_grad_norm(&tr.par, tr.model.grads, tr.model.n_dense, tr.model.table.total);
@@ -548,7 +624,8 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         tr.tokens_seen += (int64_t)tr.B * T * tr.accum;
         double dt = mome_now() - t0;
         moe_step_stats ms = {aux, zl, drop_sum / tr.accum};
-        log_step(&tr, loss, ce, cfg->moe.n_experts > 0 ? &ms : NULL, lr, gnorm, dt, (double)tr.B * T * tr.accum / dt);
+        log_step(&tr, loss, ce, cfg->moe.n_experts > 0 ? &ms : NULL, tr.kd.on ? &ks : NULL, lr, gnorm, dt,
+                 (double)tr.B * T * tr.accum / dt);
 
         if (eval_every > 0 && tr.step % eval_every == 0 && tr.step < steps) {
             mome_eval_result r;

@@ -8,6 +8,7 @@
  *   /optimizer/m/<name>, /optimizer/v/<name>, attr /optimizer step
  *   /rng/state   (world_size, 4) uint64: each rank's generator state
  *   /data/cursor (world_size,) uint64: each rank's data cursor (samples drawn)
+ *   /kd/ce_window, /kd/kd_window (K,) float64, /kd/count (1,) uint64: the alpha state (distillation runs only)
  * Every dataset carries Fletcher32. The file is written as step_XXXXXXXX.h5.tmp, fsynced, renamed, and the
  * directory fsynced; then `latest` is replaced atomically with the file name; then old ones beyond `keep` go.
  */
@@ -37,6 +38,9 @@ typedef struct {
     int n_streams;                /* rows of rng_states and data_cursors (= world_size) */
     const uint64_t *rng_states;   /* (n_streams, 4) */
     const uint64_t *data_cursors; /* (n_streams) */
+    size_t kd_window;             /* 0: no distillation state; else the alpha windows below (kd.h export) */
+    const double *kd_ce, *kd_kd;  /* (kd_window) */
+    uint64_t kd_count;
 } mome_ckpt_save_args;
 
 /* Writes <dir>/step_%08ld.h5 atomically, updates <dir>/latest, deletes the oldest beyond `keep` (0 = keep all).
@@ -57,6 +61,9 @@ typedef struct {
     int n_streams;
     uint64_t *rng_states;    /* owned (n_streams, 4) */
     uint64_t *data_cursors;  /* owned (n_streams) */
+    size_t kd_window;        /* 0 when the checkpoint holds no /kd state */
+    double *kd_ce, *kd_kd;   /* owned (kd_window): the adaptive-alpha windows, oldest first */
+    uint64_t kd_count;
 } mome_ckpt_info;
 
 /* Opens and checks format and version, reads the scalar state, the config text and the per-rank state.

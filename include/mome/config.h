@@ -67,11 +67,27 @@ typedef struct {
 } mome_parallel_section;
 
 typedef struct {
+    char checkpoint[MOME_CFG_STR]; /* teacher checkpoint file or run directory; "" = no distillation */
+    char placement[MOME_CFG_STR];  /* "coordinator" | "each" */
+} mome_teacher_section;
+
+typedef struct {
+    float alpha;                   /* CE weight in fixed mode */
+    char alpha_mode[MOME_CFG_STR]; /* "fixed" | "adaptive" */
+    char schedule[MOME_CFG_STR];   /* "combined" | "alternating" */
+    float temperature;
+    char direction[MOME_CFG_STR];  /* "forward" | "reverse" */
+    int teacher_topk;              /* 0: full logits */
+} mome_kd_section;
+
+typedef struct {
     mome_model_section model;
     mome_train_section train;
     mome_data_section data;
     mome_checkpoint_section checkpoint;
     mome_moe_section moe;
+    mome_teacher_section teacher;
+    mome_kd_section kd;
     mome_parallel_section parallel;
 } mome_config;
 
