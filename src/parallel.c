@@ -147,9 +147,19 @@ int mome_parallel_gather(const mome_parallel *p, const mome_tensor_table *local,
             rc = mome_error_set(MOME_EMPI, "gathering the experts for a checkpoint failed (MPI error %d)", e);
             break;
         }
-        if (p->rank == 0)
-            for (int r = 0; r < n; r++)
+        if (p->rank == 0) {
+            /* Every expert must come from exactly one rank before the checkpoint is written. */
+            int *arrived = mome_calloc((size_t)p->n_experts, sizeof *arrived);
+            for (int r = 0; r < n; r++) {
                 mome_table_copy_experts(&tabs[r], recv + displs[r], p->dispatch.first[r], full, full_bufs[b], 1);
+                for (int x = p->dispatch.first[r]; x < p->dispatch.first[r + 1]; x++) arrived[x]++;
+            }
+            for (int x = 0; x < p->n_experts && rc == MOME_OK; x++)
+                if (arrived[x] != 1)
+                    rc = mome_error_set(MOME_EMISMATCH, "checkpoint: expert %d arrived from %d ranks, expected 1", x,
+                                        arrived[x]);
+            mome_free(arrived);
+        }
     }
     mome_free(recv);
     mome_free(tabs);
