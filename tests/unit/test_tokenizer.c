@@ -18,31 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static int failures = 0;
+#include "check.h"
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
-#define CHECK_RC(expr, want)                                                                                   \
-    do {                                                                                                       \
-        int got_ = (expr);                                                                                     \
-        if (got_ != (want)) {                                                                                  \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %d (%s); message: %s\n", __FILE__, __LINE__, \
-                    #expr, got_, mome_strerror(got_), (int)(want), mome_strerror(want), mome_error_message());  \
-            failures++;                                                                                        \
-        }                                                                                                      \
-    } while (0)
-#define CHECK_CONTAINS(hay, needle)                                                                          \
-    do {                                                                                                     \
-        if (!strstr((hay), (needle))) {                                                                      \
-            fprintf(stderr, "%s:%d: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__, (hay), (needle)); \
-            failures++;                                                                                      \
-        }                                                                                                    \
-    } while (0)
 
 /* ---- text buffers ---- */
 

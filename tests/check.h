@@ -1,0 +1,73 @@
+/* check.h — assertion macros shared by the unit tests. Each test is one translation unit: a failed check
+ * prints the file, the line, both values and the expectation, counts itself in `failures`, and the test goes on;
+ * main returns non-zero when failures > 0. */
+#ifndef MOME_TEST_CHECK_H
+#define MOME_TEST_CHECK_H
+
+#include <stdio.h>
+#include <string.h>
+
+#include "mome/common.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                              \
+        }                                                                            \
+    } while (0)
+/* A call that returns a mome status; on mismatch also prints the recorded error message. */
+#define CHECK_RC(expr, want)                                                                                     \
+    do {                                                                                                         \
+        int got_ = (expr);                                                                                       \
+        if (got_ != (want)) {                                                                                    \
+            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %d (%s); message: %s\n", __FILE__, __LINE__,   \
+                    #expr, got_, mome_strerror(got_), (int)(want), mome_strerror(want), mome_error_message()); \
+            failures++;                                                                                          \
+        }                                                                                                        \
+    } while (0)
+#define CHECK_CONTAINS(hay, needle)                                                                             \
+    do {                                                                                                        \
+        if (!strstr((hay), (needle))) {                                                                         \
+            fprintf(stderr, "%s:%d: message \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__, (hay),       \
+                    (needle));                                                                                  \
+            failures++;                                                                                         \
+        }                                                                                                       \
+    } while (0)
+#define CHECK_EQ_I(a, b)                                                                                   \
+    do {                                                                                                   \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                                \
+        if (a_ != b_) {                                                                                    \
+            fprintf(stderr, "%s:%d: %s = %lld, expected %s = %lld\n", __FILE__, __LINE__, #a, a_, #b, b_); \
+            failures++;                                                                                    \
+        }                                                                                                  \
+    } while (0)
+#define CHECK_EQ_U64(a, b)                                                                                      \
+    do {                                                                                                        \
+        unsigned long long a_ = (unsigned long long)(a), b_ = (unsigned long long)(b);                          \
+        if (a_ != b_) {                                                                                         \
+            fprintf(stderr, "%s:%d: %s = %llu, expected %s = %llu\n", __FILE__, __LINE__, #a, a_, #b, b_);      \
+            failures++;                                                                                         \
+        }                                                                                                       \
+    } while (0)
+/* Floats that must be equal bit for bit: tolerance 0. */
+#define CHECK_EQ_F(a, b)                                                                                  \
+    do {                                                                                                  \
+        float a_ = (a), b_ = (b);                                                                         \
+        if (memcmp(&a_, &b_, sizeof a_) != 0) {                                                           \
+            fprintf(stderr, "%s:%d: %s = %.9g, expected %s = %.9g (bit-exact)\n", __FILE__, __LINE__, #a, \
+                    (double)a_, #b, (double)b_);                                                          \
+            failures++;                                                                                   \
+        }                                                                                                 \
+    } while (0)
+#define CHECK_EQ_S(a, b)                                                                                \
+    do {                                                                                                \
+        if (strcmp((a), (b)) != 0) {                                                                    \
+            fprintf(stderr, "%s:%d: %s = \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a, (a), (b)); \
+            failures++;                                                                                 \
+        }                                                                                               \
+    } while (0)
+
+#endif
