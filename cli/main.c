@@ -15,6 +15,7 @@
 #include "mome/config.h"
 #include "mome/corpus.h"
 #include "mome/data.h"
+#include "mome/distill.h"
 #include "mome/tokenizer.h"
 #include "mome/train.h"
 
@@ -38,6 +39,8 @@ static const char *usage_main =
     "                            per-domain validation loss and perplexity\n"
     "  generate CHECKPOINT [--prompt TEXT] [--tokens N]\n"
     "                            sample a continuation\n"
+    "  teacher cache CONFIG [section.key=value ...]\n"
+    "                            write the teacher's top-k targets for every sample of a run (placement=cache)\n"
     "\n"
     "`mome VERB --help` describes a verb. Documentation: README.md and docs/.\n";
 
@@ -83,6 +86,14 @@ static const char *usage_generate =
     "  --top-k K         sample among the K most likely tokens; 0 = all (default 40)\n"
     "  --seed S          random seed (default 1)\n"
     "  --data DIR        corpus whose tokenizer to use (default: the model's data.dir)\n";
+
+static const char *usage_teacher =
+    "usage: mome teacher cache CONFIG [section.key=value ...]\n"
+    "\n"
+    "Runs the teacher of CONFIG ([teacher] checkpoint) once over every sample the configured run will draw\n"
+    "(train.steps x train.grad_accum x train.batch_size sequences; samples depend only on the seed) and writes\n"
+    "the top-k targets ([kd] teacher_topk > 0) to [teacher] cache (default teacher_cache/<run_name>.h5).\n"
+    "Train with teacher.placement=cache to read them instead of running the teacher.\n";
 
 static int is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
 
@@ -390,6 +401,27 @@ static int cmd_generate(int argc, char **argv) {
     return code;
 }
 
+static int cmd_teacher(int argc, char **argv) {
+    if (argc < 3 || is_help(argv[1]) || strcmp(argv[1], "cache") != 0 || is_help(argv[2])) {
+        int help = argc >= 2 && (is_help(argv[1]) || (argc >= 3 && is_help(argv[2])));
+        fputs(usage_teacher, help ? stdout : stderr);
+        return help ? 0 : EXIT_USAGE;
+    }
+    MPI_Init(NULL, NULL);
+    mome_config cfg;
+    mome_config_defaults(&cfg);
+    int rc = mome_config_load_file(&cfg, argv[2]);
+    for (int i = 3; i < argc && rc == MOME_OK; i++) rc = mome_config_override(&cfg, argv[i]);
+    if (rc == MOME_OK) rc = mome_config_validate(&cfg);
+    if (rc == MOME_OK) {
+        mome_set_threads(cfg.train.threads);
+        rc = mome_teacher_cache_write(&cfg);
+    }
+    int code = rc == MOME_OK ? 0 : fail("teacher cache");
+    MPI_Finalize();
+    return code;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || is_help(argv[1])) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -404,6 +436,7 @@ int main(int argc, char **argv) {
     if (strcmp(verb, "train") == 0) return cmd_train(argc - 1, argv + 1);
     if (strcmp(verb, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(verb, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(verb, "teacher") == 0) return cmd_teacher(argc - 1, argv + 1);
     fprintf(stderr, "mome: unknown verb '%s'\n\n%s", verb, usage_main);
     return EXIT_USAGE;
 }

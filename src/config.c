@@ -114,7 +114,10 @@ static const field schema[] = {
     {"teacher", "checkpoint", T_STR, F(teacher, checkpoint), "", 0, 0,
      "teacher to distill from: a mome checkpoint file, or a run directory (its latest); empty: no distillation"},
     {"teacher", "placement", T_STR, F(teacher, placement), "coordinator", 0, 0,
-     "coordinator (rank 0 runs the teacher for every rank and sends the targets) | each (every rank runs it)"},
+     "coordinator (rank 0 runs the teacher for every rank and sends the targets) | each (every rank runs it) | "
+     "cache (targets read from the file `mome teacher cache` wrote)"},
+    {"teacher", "cache", T_STR, F(teacher, cache), "", 0, 0,
+     "teacher target cache (HDF5) for placement=cache; empty: teacher_cache/<run_name>.h5"},
 
     {"kd", "alpha", T_FLOAT, F(kd, alpha), "0.5", 0, 1, "weight of the CE term (fixed mode); 1 - alpha on T^2 * KL"},
     {"kd", "alpha_mode", T_STR, F(kd, alpha_mode), "fixed", 0, 0,
@@ -619,7 +622,7 @@ int mome_config_validate(const mome_config *cfg) {
         const struct {
             const char *section, *key, *value, *allowed;
         } choices[] = {
-            {"teacher", "placement", cfg->teacher.placement, "coordinator|each"},
+            {"teacher", "placement", cfg->teacher.placement, "coordinator|each|cache"},
             {"kd", "alpha_mode", cfg->kd.alpha_mode, "fixed|adaptive"},
             {"kd", "schedule", cfg->kd.schedule, "combined|alternating"},
             {"kd", "direction", cfg->kd.direction, "forward|reverse"},

@@ -574,7 +574,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
                 mome_kd_weights(tr.schedule, alpha, (uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro, &w_ce,
                                 &w_kd);
                 if (w_kd > 0.0f) {
-                    rc = agree(mome_distill_targets(&tr.kd, inp), comm);
+                    rc = agree(mome_distill_targets(&tr.kd, inp, base), comm);
                     if (rc) MOME_FATAL("teacher targets: %s", mome_error_message());
                     kd_bytes += tr.kd.bytes_sent;
                 }

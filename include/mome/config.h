@@ -68,7 +68,8 @@ typedef struct {
 
 typedef struct {
     char checkpoint[MOME_CFG_STR]; /* teacher checkpoint file or run directory; "" = no distillation */
-    char placement[MOME_CFG_STR];  /* "coordinator" | "each" */
+    char placement[MOME_CFG_STR];  /* "coordinator" | "each" | "cache" */
+    char cache[MOME_CFG_STR];      /* target cache for placement=cache; "" = teacher_cache/<run_name>.h5 */
 } mome_teacher_section;
 
 typedef struct {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Distillation through the command line: a small teacher is trained, then students learn from it.
-#  - coordinator placement (rank 0 runs the teacher and scatters targets) and each-rank placement give the same
-#    losses, for full logits and for top-k targets, on 2 ranks; top-k sends far fewer bytes;
+#  - coordinator placement (rank 0 runs the teacher and scatters targets), each-rank placement and the offline
+#    cache (`mome teacher cache`) give the same losses, for full logits and for top-k targets, on 2 ranks; top-k
+#    sends far fewer bytes; a cache made for another seed is refused;
 #  - adaptive alpha and the alternating schedule run, log alpha/ce/kd, and resume exactly (alpha state in the
 #    checkpoint);
 #  - an MoE student with its experts spread over 2 ranks distills from the dense teacher;
@@ -21,6 +22,12 @@ run 2 coord_full teacher.placement=coordinator
 run 2 each_full teacher.placement=each
 run 2 coord_top teacher.placement=coordinator kd.teacher_topk=8
 run 2 each_top teacher.placement=each kd.teacher_topk=8
+"$MOME_BIN" teacher cache "$tiny" "${kd[@]}" kd.teacher_topk=8 teacher.cache=cache.h5 > cache.log 2>&1 \
+  || { cat cache.log; fail "mome teacher cache"; }
+run 2 cache_top teacher.placement=cache kd.teacher_topk=8 teacher.cache=cache.h5
+expect_fail "cache.h5 was made with seed = 1337, this run has 7" \
+  "$MOME_BIN" train "$tiny" "${kd[@]}" train.run_name=badcache teacher.placement=cache kd.teacher_topk=8 \
+  teacher.cache=cache.h5 train.seed=7
 # A high learning rate makes the losses bump up now and then, so adaptive alpha moves off 0.5 after its window.
 adaptive=(kd.alpha_mode=adaptive kd.direction=reverse train.lr=0.02 train.steps=40)
 run 1 adaptive "${adaptive[@]}" checkpoint.every=25 checkpoint.keep=5
@@ -50,6 +57,7 @@ def same(a, b, steps, what):
     bad += worst > 1e-5
 same("coord_full", "each_full", range(1, 11), "full logits, coordinator vs each rank")
 same("coord_top", "each_top", range(1, 11), "top-8, coordinator vs each rank")
+same("coord_top", "cache_top", range(1, 11), "top-8, coordinator vs offline cache")
 full_b, top_b = recs("coord_full")[1]["teacher_bytes"], recs("coord_top")[1]["teacher_bytes"]
 print(f"teacher bytes sent per step: full {full_b:.0f}, top-8 {top_b:.0f} ({full_b / top_b:.0f}x fewer)")
 bad += not (top_b > 0 and full_b > 10 * top_b)
