@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from refcheck import check, failures
+
 # (rtol, atol) for float32 computations against float64 references.
 TOL = {
     "sums": (1e-5, 1e-7),
@@ -29,26 +31,6 @@ TOL = {
     "topk_logp": (1e-5, 1e-6),
     "topk_tail": (1e-4, 1e-12),
 }
-
-failures = []
-
-
-def check(what, got, ref, rtol, atol):
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if got.shape != ref.shape:
-        print(f"{what:36s} shape {got.shape} != {ref.shape}  FAIL")
-        failures.append(what)
-        return
-    diff = np.abs(got - ref)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    nz = np.abs(ref) > 0
-    max_rel = float((diff[nz] / np.abs(ref[nz])).max()) if nz.any() else 0.0
-    ok = bool(np.all(diff <= atol + rtol * np.abs(ref))) and bool(np.all(np.isfinite(got)))
-    print(f"{what:36s} max abs {max_abs:.3e}  max rel {max_rel:.3e}  (rtol {rtol:.0e}, atol {atol:.1e})"
-          f"  {'ok' if ok else 'FAIL'}")
-    if not ok:
-        failures.append(what)
 
 
 def kd_loss(z, t, tg, T, w_ce, w_kd, fmt, direction, ids, logp, tail, floor):

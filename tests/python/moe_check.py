@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from refcheck import check, failures
+
 # (rtol, atol) per quantity: mome is float32, the reference float64.
 TOL = {
     "y": (1e-4, 5e-6),
@@ -33,29 +35,6 @@ MIN_MARGIN = 1e-4  # a top-k logit margin below this would make the routing comp
 
 PARAMS = ["gate_w", "experts_fc_w", "experts_fc_b", "experts_proj_w", "experts_proj_b"]
 SHARED = ["shared_fc_w", "shared_fc_b", "shared_proj_w", "shared_proj_b"]
-
-failures = []
-
-
-def check(what, got, ref, rtol, atol):
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if got.shape != ref.shape:
-        print(f"{what:44s} shape {got.shape} != {ref.shape}  FAIL")
-        failures.append(what)
-        return
-    diff = np.abs(got - ref)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    nz = np.abs(ref) > 0
-    max_rel = float((diff[nz] / np.abs(ref[nz])).max()) if nz.any() else 0.0
-    ok = bool(np.all(diff <= atol + rtol * np.abs(ref))) and bool(np.all(np.isfinite(got)))
-    print(f"{what:44s} max abs {max_abs:.3e}  max rel {max_rel:.3e}  (rtol {rtol:.0e}, atol {atol:.1e})"
-          f"  {'ok' if ok else 'FAIL'}")
-    if not ok:
-        failures.append(what)
-        worst = float((diff - rtol * np.abs(ref)).max())
-        print(f"    {what}: worst excess over rtol*|ref|: {worst:.3e} > atol {atol:.1e}", file=sys.stderr)
-
 
 def check_exact(what, got, ref):
     got = np.asarray(got)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from refcheck import check, failures
+
 # (rtol, atol) per quantity, for float32 computed in two different orders.
 TOL = {
     "logits": (1e-4, 1e-5),
@@ -35,29 +37,6 @@ SENSITIVE_REL = 1e-5
 NAMES = ["wte", "wpe", "blocks/ln1_w", "blocks/ln1_b", "blocks/qkv_w", "blocks/qkv_b", "blocks/attn_proj_w",
          "blocks/attn_proj_b", "blocks/ln2_w", "blocks/ln2_b", "blocks/fc_w", "blocks/fc_b", "blocks/fc_proj_w",
          "blocks/fc_proj_b", "ln_f_w", "ln_f_b"]
-
-failures = []
-
-
-def check(what, got, ref, rtol, atol):
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if got.shape != ref.shape:
-        print(f"{what:40s} shape {got.shape} != {ref.shape}  FAIL")
-        failures.append(what)
-        return
-    diff = np.abs(got - ref)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    nz = np.abs(ref) > 0
-    max_rel = float((diff[nz] / np.abs(ref[nz])).max()) if nz.any() else 0.0
-    ok = bool(np.all(diff <= atol + rtol * np.abs(ref))) and np.all(np.isfinite(got))
-    worst = float((diff - rtol * np.abs(ref)).max()) if diff.size else 0.0
-    print(f"{what:40s} max abs {max_abs:.3e}  max rel {max_rel:.3e}  (rtol {rtol:.0e}, atol {atol:.1e})"
-          f"  {'ok' if ok else 'FAIL'}")
-    if not ok:
-        failures.append(what)
-        print(f"    worst excess over rtol*|ref|: {worst:.3e} > atol {atol:.1e}", file=sys.stderr)
-
 
 def gpt_forward(P, idx, cfg):
     """Logits (B, T, V) of the pre-LayerNorm GPT-2 with tied head."""
