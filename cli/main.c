@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mome/bench.h"
 #include "mome/checkpoint.h"
 #include "mome/common.h"
 #include "mome/config.h"
@@ -41,6 +42,8 @@ static const char *usage_main =
     "                            sample a continuation\n"
     "  teacher cache CONFIG [section.key=value ...]\n"
     "                            write the teacher's top-k targets for every sample of a run (placement=cache)\n"
+    "  bench [--threads N] [--steps N] [--student|--teacher] [--profile]\n"
+    "                            throughput of the fixed benchmark model (run under mpirun to split it)\n"
     "\n"
     "`mome VERB --help` describes a verb. Documentation: README.md and docs/.\n";
 
@@ -57,6 +60,26 @@ static const char *usage_data =
     "  --vocab N              vocabulary size (default 4096)\n"
     "  --val-fraction F       share of documents held out for validation (default 0.05)\n"
     "  --max-mb-per-domain N  cap on raw text per domain before balancing\n";
+
+static const char *usage_bench =
+    "usage: mome bench [--threads N] [--steps N] [--warmup N] [--student | --teacher] [--profile]\n"
+    "                  [--seq-len N] [--batch N] [--d-model N] [--layers N] [--heads N] [--experts N]\n"
+    "                  [--top-k N] [--vocab N]\n"
+    "       mpirun -np R mome bench [options]\n"
+    "\n"
+    "Times the fixed benchmark model on random tokens (docs/performance.md): a student MoE GPT (d_model 256,\n"
+    "4 layers, 4 heads, 4 experts top-1, FFN 4 x d_model) trained with KD (alpha 0.5, T 2) + CE against a\n"
+    "teacher's logits, and a dense teacher (d_model 384, 6 layers, 6 heads) in inference; vocabulary 4096,\n"
+    "sequence length 256, batch 8. Prints student_train_tok_s=N teacher_infer_tok_s=M, then the MFU against\n"
+    "the measured sgemm rate, the peak resident memory and the layout. Under mpirun the batch is split over\n"
+    "the ranks and the student's experts spread over them.\n"
+    "\n"
+    "  --threads N     threads per rank (default: OMP_NUM_THREADS, else the node's cores over its ranks)\n"
+    "  --steps N       timed iterations of each part (default 10), after --warmup N untimed ones (default 2)\n"
+    "  --student       time only the student step;  --teacher  only the teacher's inference\n"
+    "  --profile       also print the seconds of each phase of the student step\n"
+    "  --seq-len, --batch, --d-model, --layers, --heads, --experts, --top-k, --vocab\n"
+    "                  change the student's (and the batch's) sizes, for scaling measurements\n";
 
 static const char *usage_train =
     "usage: mome train CONFIG [section.key=value ...]\n"
@@ -188,6 +211,23 @@ static int cmd_data(int argc, char **argv) {
 
 /* ---- mome train ---- */
 
+/* Threads of this rank: `requested` if > 0, else OMP_NUM_THREADS if set, else the node's cores shared among the
+ * ranks on that node. Collective over MPI_COMM_WORLD. */
+static int set_rank_threads(int requested) {
+    int threads = requested;
+    if (threads <= 0 && !getenv("OMP_NUM_THREADS")) {
+        MPI_Comm node;
+        int local = 1, rank = 0;
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+        MPI_Comm_size(node, &local);
+        MPI_Comm_free(&node);
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores / local > 0 ? (int)(cores / local) : 1;
+    }
+    return mome_set_threads(threads);
+}
+
 static int cmd_train(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "--help-config") == 0) {
         mome_config_print_schema(stdout);
@@ -235,18 +275,7 @@ static int cmd_train(int argc, char **argv) {
     }
     mome_free(text);
 
-    /* Without an explicit thread count, the ranks on one node share its cores. */
-    int threads = cfg.train.threads;
-    if (threads <= 0 && !getenv("OMP_NUM_THREADS")) {
-        MPI_Comm node;
-        int local = 1;
-        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-        MPI_Comm_size(node, &local);
-        MPI_Comm_free(&node);
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = cores / local > 0 ? (int)(cores / local) : 1;
-    }
-    mome_set_threads(threads);
+    set_rank_threads(cfg.train.threads);
     rc = mome_train(&cfg, MPI_COMM_WORLD);
     int code = 0;
     if (rc == MOME_ESTOP) code = MOME_EXIT_STOPPED;
@@ -422,6 +451,65 @@ static int cmd_teacher(int argc, char **argv) {
     return code;
 }
 
+static int cmd_bench(int argc, char **argv) {
+    mome_bench_opts o;
+    mome_bench_defaults(&o);
+    long threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (is_help(a)) {
+            fputs(usage_bench, stdout);
+            return 0;
+        }
+        if (strcmp(a, "--student") == 0 || strcmp(a, "--teacher") == 0) {
+            o.student = a[2] == 's';
+            o.teacher = a[2] == 't';
+            continue;
+        }
+        if (strcmp(a, "--profile") == 0) {
+            o.profile = 1;
+            continue;
+        }
+        struct {
+            const char *name;
+            int *dst;
+            long min;
+        } ints[] = {{"--steps", &o.steps, 1},      {"--warmup", &o.warmup, 0},    {"--seq-len", &o.seq_len, 1},
+                    {"--batch", &o.batch, 1},      {"--d-model", &o.d_model, 1},  {"--layers", &o.n_layer, 1},
+                    {"--heads", &o.n_head, 1},     {"--experts", &o.n_experts, 0}, {"--top-k", &o.top_k, 1},
+                    {"--vocab", &o.vocab, 2}};
+        int bad = !v, found = 0;
+        long x = 0;
+        if (!bad && strcmp(a, "--threads") == 0) {
+            found = 1;
+            bad = parse_long(v, &threads) || threads < 1 || threads > 4096;
+        }
+        for (size_t k = 0; !bad && !found && k < sizeof ints / sizeof ints[0]; k++) {
+            if (strcmp(a, ints[k].name) != 0) continue;
+            found = 1;
+            bad = parse_long(v, &x) || x < ints[k].min || x > 1000000;
+            if (!bad) *ints[k].dst = (int)x;
+        }
+        if (bad || !found) {
+            fprintf(stderr, "mome bench: bad, unknown or incomplete option '%s%s%s'\n%s", a, v ? " " : "",
+                    v ? v : "", usage_bench);
+            return EXIT_USAGE;
+        }
+        i++;
+    }
+    MPI_Init(NULL, NULL);
+    int rank, world;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    mome_log_set_rank(rank, world);
+    set_rank_threads((int)threads);
+    int rc = mome_bench_run(&o, MPI_COMM_WORLD, stdout);
+    int code = 0;
+    if (rc != MOME_OK) code = rank == 0 ? fail("bench") : EXIT_ERROR;
+    MPI_Finalize();
+    return code;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || is_help(argv[1])) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -437,6 +525,7 @@ int main(int argc, char **argv) {
     if (strcmp(verb, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(verb, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(verb, "teacher") == 0) return cmd_teacher(argc - 1, argv + 1);
+    if (strcmp(verb, "bench") == 0) return cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "mome: unknown verb '%s'\n\n%s", verb, usage_main);
     return EXIT_USAGE;
 }

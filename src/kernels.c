@@ -227,10 +227,14 @@ void mome_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float 
 
 /* ---------------------------------------------------------------------------------------------- attention */
 
-/* The (b,h) pairs run on OpenMP threads, each calling single-threaded sgemm on its own slices; OpenBLAS's own
- * threads are turned down to 1 for that time and restored after. (OpenBLAS splits an sgemm over rows and
- * columns only, never over the inner dimension, so the numbers do not depend on its thread count either.) */
+/* The (b,h) pairs run on OpenMP threads, each calling single-threaded sgemm on its own slices. An OpenMP build
+ * of OpenBLAS (openblas_get_parallel() == 2) runs single-threaded inside a parallel region by itself, and its
+ * openblas_set_num_threads would change the OpenMP thread count of the region: leave it alone. A pthreads
+ * build has its own pool, turned down to 1 thread for that time and restored after. (OpenBLAS splits an sgemm
+ * over rows and columns only, never over the inner dimension, so the numbers do not depend on its thread count
+ * either.) */
 static int blas_single_begin(void) {
+    if (openblas_get_parallel() == 2) return 1;
     int n = openblas_get_num_threads();
     if (n != 1) openblas_set_num_threads(1);
     return n;
