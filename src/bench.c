@@ -72,6 +72,12 @@ static double peak_rss_mb(void) {
     return (double)ru.ru_maxrss / 1024.0; /* kilobytes on Linux */
 }
 
+static long minor_faults(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
+}
+
 static int threads_now(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -121,6 +127,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
     /* Teacher: its logits on this batch are the student's KD targets; then the timed inference. */
     mome_gpt teacher;
     rc = mome_gpt_init(&teacher, &tc);
+    if (rc == MOME_OK) mome_gpt_set_inference(&teacher);
     if (rc == MOME_OK) rc = mome_gpt_reserve(&teacher, Bl, T);
     if (rc) return rc;
     mome_gpt_init_weights(&teacher, o->seed + 1);
@@ -140,6 +147,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
     mome_gpt_free(&teacher);
 
     double student_s = 0.0, phase[PH_N] = {0}, last_loss = 0.0;
+    long faults = 0; /* page faults during the timed student steps: memory first touched (allocated) in a step */
     if (o->student) {
         mome_parallel par;
         rc = mome_parallel_init(&par, comm, 0, sc.n_experts);
@@ -159,7 +167,10 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
         const float grad_scale = 1.0f / ((float)o->batch * (float)T);
         for (int it = 0; it < o->warmup + o->steps; it++) {
             const int timed = it >= o->warmup;
-            if (it == o->warmup) MPI_Barrier(comm);
+            if (it == o->warmup) {
+                MPI_Barrier(comm);
+                faults = minor_faults();
+            }
             double t[PH_N + 1];
             t[0] = mome_now();
             mome_gpt_zero_grad(&m);
@@ -182,6 +193,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
                 for (int p = 0; p < PH_N; p++) phase[p] += t[p + 1] - t[p];
             last_loss = loss;
         }
+        faults = minor_faults() - faults;
         double dt = 0.0;
         for (int p = 0; p < PH_N; p++) dt += phase[p];
         MPI_Allreduce(&dt, &student_s, 1, MPI_DOUBLE, MPI_MAX, comm);
@@ -227,6 +239,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
     if (world > 1) fprintf(out, " peak_rss_mb_all_ranks=%.1f", rss_sum);
     fprintf(out, "\nranks=%d threads=%d batch=%d seq_len=%d vocab=%d\n", world, threads_now(), o->batch, T, V);
     if (o->profile && o->student) {
+        fprintf(out, "page_faults_per_step=%.1f (rank 0)\n", (double)faults / o->steps);
         fprintf(out, "profile (rank 0, seconds per student step):");
         for (int p = 0; p < PH_N; p++) fprintf(out, " %s=%.4f", phase_name[p], phase[p] / o->steps);
         fprintf(out, "\n");

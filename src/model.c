@@ -323,7 +323,7 @@ void mome_gpt_init_weights(mome_gpt *m, uint64_t seed) {
 
 static void acts_free(mome_gpt_acts *a) {
     if (!a) return;
-    for (int l = 0; l < a->n_moe; l++) mome_moe_free(&a->moe[l]);
+    for (int l = a->n_moe - 1; l >= 0; l--) mome_moe_free(&a->moe[l]); /* layer 0 owns the shared scratch */
     mome_free(a->moe);
     void *ep_bufs[] = {a->ep_in, a->ep_h,    a->ep_a,        a->ep_out, a->ep_dout, a->ep_scr, a->ep_da,
                        a->ep_dh, a->ep_rows, a->send_counts, a->red,    a->before,  a->mine};
@@ -415,8 +415,10 @@ int mome_gpt_reserve(mome_gpt *m, int B, int T) {
     mome_free(m->logits);
     m->acts = NULL;
     m->logits = NULL;
-    const size_t L = (size_t)c->n_layer, C = (size_t)c->d_model, F = (size_t)c->d_ff, NH = (size_t)c->n_head;
-    const size_t BT = (size_t)B * (size_t)T, TT = (size_t)T * (size_t)T;
+    /* An inference model keeps one layer of activations (every layer overwrites it); routing state (moe) stays
+     * per layer. */
+    const size_t L = m->inference ? 1 : (size_t)c->n_layer, C = (size_t)c->d_model, F = (size_t)c->d_ff;
+    const size_t NH = (size_t)c->n_head, BT = (size_t)B * (size_t)T, TT = (size_t)T * (size_t)T;
     mome_gpt_acts *a = mome_calloc(1, sizeof *a);
     a->cap_bt = BT;
     a->n_scratch = 1;
@@ -437,21 +439,24 @@ int mome_gpt_reserve(mome_gpt *m, int B, int T) {
     if (c->n_experts == 0) {
         a->fch = mome_malloc(L * BT * F * f);
         a->fch_gelu = mome_malloc(L * BT * F * f);
-        a->dfch = mome_malloc(BT * F * f);
-        a->dfch_gelu = mome_malloc(BT * F * f);
+        if (!m->inference) {
+            a->dfch = mome_malloc(BT * F * f);
+            a->dfch_gelu = mome_malloc(BT * F * f);
+        }
     } else {
         const mome_moe_config mc = {.n_embd = c->d_model, .n_experts = c->n_experts, .d_ff = c->d_ff,
                                     .top_k = c->top_k, .shared_d_ff = c->shared_d_ff,
                                     .renormalize = c->top_k > 1, .capacity_factor = c->capacity_factor,
                                     .aux_coef = c->aux_coef, .z_coef = c->z_coef};
-        a->moe = mome_calloc(L, sizeof *a->moe);
-        for (size_t l = 0; l < L; l++) {
+        a->moe = mome_calloc((size_t)c->n_layer, sizeof *a->moe);
+        for (size_t l = 0; l < (size_t)c->n_layer; l++) {
             int rc = mome_moe_init(&a->moe[l], &mc, BT);
             if (rc) {
                 acts_free(a);
                 return rc;
             }
             a->n_moe = (int)l + 1;
+            if (l > 0) mome_moe_share_scratch(&a->moe[l], &a->moe[0]); /* backward runs one layer at a time */
         }
     }
     a->res3 = mome_malloc(L * BT * C * f);
@@ -460,17 +465,30 @@ int mome_gpt_reserve(mome_gpt *m, int B, int T) {
     a->lnf_mean = mome_malloc(BT * f);
     a->lnf_rstd = mome_malloc(BT * f);
     a->proj = mome_malloc(BT * C * f);
-    a->dres = mome_malloc(BT * C * f);
-    a->dln = mome_malloc(BT * C * f);
-    a->datty = mome_malloc(BT * C * f);
-    a->dqkv = mome_malloc(BT * 3 * C * f);
-    a->scratch = mome_malloc((size_t)a->n_scratch * TT * f);
+    if (!m->inference) {
+        a->dres = mome_malloc(BT * C * f);
+        a->dln = mome_malloc(BT * C * f);
+        a->datty = mome_malloc(BT * C * f);
+        a->dqkv = mome_malloc(BT * 3 * C * f);
+        a->scratch = mome_malloc((size_t)a->n_scratch * TT * f);
+    }
     m->acts = a;
     ep_buffers(m);
     m->logits = mome_malloc(BT * (size_t)c->vocab_size * f);
     m->max_B = B;
     m->max_T = T;
     return MOME_OK;
+}
+
+void mome_gpt_set_inference(mome_gpt *m) {
+    acts_free(m->acts);
+    mome_free(m->logits);
+    mome_free(m->grads);
+    m->acts = NULL;
+    m->logits = NULL;
+    m->grads = NULL;
+    m->max_B = m->max_T = 0;
+    m->inference = 1;
 }
 
 void mome_gpt_free(mome_gpt *m) {
@@ -483,7 +501,10 @@ void mome_gpt_free(mome_gpt *m) {
     memset(m, 0, sizeof *m);
 }
 
-void mome_gpt_zero_grad(mome_gpt *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
+void mome_gpt_zero_grad(mome_gpt *m) {
+    MOME_CHECK(!m->inference, "gpt: an inference-only model has no gradients");
+    memset(m->grads, 0, m->table.total * sizeof(float));
+}
 
 const mome_moe *mome_gpt_moe_layer(const mome_gpt *m, int layer) {
     if (!m->acts || layer < 0 || layer >= m->acts->n_moe) return NULL;
@@ -737,7 +758,9 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
     const float *x = a->encoded; // (B,T,C) input of the current layer
     for (int l = 0; l < L; l++) {
         layer_view p = view_of(m, m->params, l);
-        const size_t ul = (size_t)l;
+        /* activation slot of this layer; inference reuses slot 0 (res3 then overwrites this layer's input x
+         * only after its last use, in the first residual add) */
+        const size_t ul = m->inference ? 0 : (size_t)l;
         float *ln1 = a->ln1 + ul * cap * C, *ln1_mean = a->ln1_mean + ul * cap, *ln1_rstd = a->ln1_rstd + ul * cap;
         float *qkv = a->qkv + ul * cap * 3 * C, *atty = a->atty + ul * cap * C, *att = a->att + ul * att_cap;
         float *res2 = a->res2 + ul * cap * C, *ln2 = a->ln2 + ul * cap * C;
@@ -767,7 +790,7 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
             z += st->z_loss;
             n_assign += st->n_assign;
             n_dropped += st->n_dropped;
-            for (int e = 0; e < E; e++) m->expert_load[ul * (size_t)E + (size_t)e] = st->load[e];
+            for (int e = 0; e < E; e++) m->expert_load[(size_t)l * (size_t)E + (size_t)e] = st->load[e];
         }
         mome_residual_forward(res3, res2, a->proj, BT * C);
         x = res3;
@@ -787,6 +810,7 @@ void mome_gpt_backward(mome_gpt *m, const int32_t *inputs, int B, int T) {
 
 void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, float aux_grad_scale) {
     check_call(m, inputs, B, T);
+    MOME_CHECK(!m->inference, "gpt: backward on an inference-only model");
     mome_gpt_acts *a = m->acts;
     const int L = m->cfg.n_layer, C = m->cfg.d_model, F = m->cfg.d_ff, NH = m->cfg.n_head, V = m->cfg.vocab_size;
     const size_t BT = (size_t)B * (size_t)T, cap = a->cap_bt;

@@ -129,14 +129,37 @@ int mome_moe_init(mome_moe *m, const mome_moe_config *cfg, size_t max_N) {
     return MOME_OK;
 }
 
+static void free_scratch(mome_moe *m) {
+    if (!m->shares_scratch) {
+        void *bufs[] = {m->drows_out, m->drows_in, m->dscratch_a, m->dscratch_h, m->dweight, m->dlogits};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mome_free(bufs[i]);
+    }
+    m->drows_out = m->drows_in = m->dscratch_a = m->dscratch_h = m->dweight = m->dlogits = NULL;
+}
+
+void mome_moe_share_scratch(mome_moe *m, const mome_moe *owner) {
+    MOME_CHECK(owner != m && owner->max_N == m->max_N && owner->cfg.n_embd == m->cfg.n_embd &&
+                   owner->cfg.d_ff == m->cfg.d_ff && owner->cfg.top_k == m->cfg.top_k &&
+                   owner->cfg.n_experts == m->cfg.n_experts && owner->cfg.shared_d_ff == m->cfg.shared_d_ff,
+               "moe: scratch can only be shared between layers of the same shape");
+    free_scratch(m);
+    m->drows_out = owner->drows_out;
+    m->drows_in = owner->drows_in;
+    m->dscratch_a = owner->dscratch_a;
+    m->dscratch_h = owner->dscratch_h;
+    m->dweight = owner->dweight;
+    m->dlogits = owner->dlogits;
+    m->shares_scratch = 1;
+}
+
 void mome_moe_free(mome_moe *m) {
     if (!m) return;
+    free_scratch(m);
     mome_moe_plan *pl = &m->plan;
     void *bufs[] = {pl->expert,  pl->weight,    pl->pos,       pl->routed,   pl->counts,     pl->offsets,
                     pl->row_token, pl->row_slot, m->logits,     m->probs,     m->lse,         m->load,
                     m->prob_mean, m->rows_in,    m->rows_h,     m->rows_a,    m->rows_out,    m->sh_h,
-                    m->sh_a,      m->sh_out,     m->drows_out,  m->drows_in,  m->dscratch_a,  m->dscratch_h,
-                    m->dweight,   m->dlogits};
+                    m->sh_a,      m->sh_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mome_free(bufs[i]);
     memset(m, 0, sizeof *m);
 }

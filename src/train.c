@@ -154,6 +154,7 @@ int mome_load_model(const char *ckpt_path, mome_config *cfg, mome_gpt *m) {
     if (rc) return mome_error_wrap(rc, "%s", origin);
     rc = mome_gpt_init(m, &mc);
     if (rc) return rc;
+    mome_gpt_set_inference(m);
     rc = mome_ckpt_read_tensors(ckpt_path, &m->table, m->params, NULL, NULL);
     if (rc) mome_gpt_free(m);
     return rc;

@@ -135,6 +135,7 @@ typedef struct {
     float *dscratch_h;    /* (max(max_rows * F, max_N * Fs)) d(fc pre-activation) */
     float *dweight;       /* (max_N, k) */
     float *dlogits;       /* (max_N, E) */
+    int shares_scratch;   /* the backward scratch belongs to another layer (mome_moe_share_scratch) */
 } mome_moe;
 
 /* ---- configuration and parameters ---- */
@@ -156,6 +157,10 @@ size_t mome_moe_capacity(const mome_moe_config *cfg, size_t N);
 int mome_moe_init(mome_moe *m, const mome_moe_config *cfg, size_t max_N);
 /* Frees the buffers (not the parameters); accepts a zeroed or already freed struct. */
 void mome_moe_free(mome_moe *m);
+/* Frees m's backward scratch (drows_out .. dlogits) and uses owner's instead, which must have the same config and
+ * max_N: the layers of a model run their backward passes one after another, so one set serves them all. owner
+ * must outlive m's use; mome_moe_free(m) leaves the shared buffers alone. */
+void mome_moe_share_scratch(mome_moe *m, const mome_moe *owner);
 
 /* ---- the whole layer, one process ---- */
 /* y (N, C) = MoE(x (N, C)); overwrites y. Fills m->plan and m->stats; saves what backward needs. */

@@ -37,7 +37,8 @@ int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_wi
 /* Prints a table of loss and perplexity; with `before` non-NULL, prints before and after side by side. */
 void mome_eval_print(FILE *out, const mome_eval_result *before, const mome_eval_result *after);
 
-/* Loads the resolved config and the model weights of a checkpoint. */
+/* Loads the resolved config and the model weights of a checkpoint, as an inference-only model
+ * (mome_gpt_set_inference): for teachers, evaluation and generation. */
 int mome_load_model(const char *ckpt_path, mome_config *cfg, mome_gpt *m);
 
 /* Samples `n_tokens` continuation tokens after `prompt` (ids), temperature and top-k (0 = off), writing the
