@@ -148,6 +148,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
 
     double student_s = 0.0, phase[PH_N] = {0}, last_loss = 0.0;
     long faults = 0; /* page faults during the timed student steps: memory first touched (allocated) in a step */
+    double kernel_s[MOME_PROF_N] = {0};
     if (o->student) {
         mome_parallel par;
         rc = mome_parallel_init(&par, comm, 0, sc.n_experts);
@@ -157,6 +158,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
         if (rc) return rc;
         mome_gpt_init_weights(&m, o->seed);
         if (sc.n_experts > 0 && world > 1) mome_gpt_set_parallel(&m, comm, &par.dispatch);
+        double prof[MOME_PROF_N] = {0};
         rc = mome_gpt_reserve(&m, Bl, T);
         mome_adamw opt;
         const mome_adamw_config oc = {.lr = 1e-4f, .min_lr = 1e-4f, .warmup_steps = 0, .total_steps = 1 << 30,
@@ -170,6 +172,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
             if (it == o->warmup) {
                 MPI_Barrier(comm);
                 faults = minor_faults();
+                if (o->profile) m.prof = prof;
             }
             double t[PH_N + 1];
             t[0] = mome_now();
@@ -194,6 +197,7 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
             last_loss = loss;
         }
         faults = minor_faults() - faults;
+        if (o->profile) memcpy(kernel_s, prof, sizeof prof);
         double dt = 0.0;
         for (int p = 0; p < PH_N; p++) dt += phase[p];
         MPI_Allreduce(&dt, &student_s, 1, MPI_DOUBLE, MPI_MAX, comm);
@@ -242,6 +246,8 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
         fprintf(out, "page_faults_per_step=%.1f (rank 0)\n", (double)faults / o->steps);
         fprintf(out, "profile (rank 0, seconds per student step):");
         for (int p = 0; p < PH_N; p++) fprintf(out, " %s=%.4f", phase_name[p], phase[p] / o->steps);
+        fprintf(out, "\nkernels (rank 0, seconds per student step, forward + backward):");
+        for (int k = 0; k < MOME_PROF_N; k++) fprintf(out, " %s=%.4f", mome_prof_names[k], kernel_s[k] / o->steps);
         fprintf(out, "\n");
     }
     return MOME_OK;

@@ -100,14 +100,17 @@ void mome_layernorm_forward(float *out, float *mean, float *rstd, const float *i
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < N; i++) {
         const float *x = inp + i * (size_t)C;
-        double s = 0.0;
-        for (int c = 0; c < C; c++) s += x[c];
-        const double m = s / C;
+        const double m = vm_sum(x, C) / C;
+        double vl[VM_LANES] = {0};
+        int c0 = 0;
+        for (; c0 + VM_LANES <= C; c0 += VM_LANES)
+            for (int j = 0; j < VM_LANES; j++) {
+                const double d = x[c0 + j] - m;
+                vl[j] += d * d;
+            }
         double v = 0.0;
-        for (int c = 0; c < C; c++) {
-            const double d = x[c] - m;
-            v += d * d;
-        }
+        for (; c0 < C; c0++) v += (x[c0] - m) * (x[c0] - m);
+        for (int j = 0; j < VM_LANES; j++) v += vl[j];
         const float rs = (float)(1.0 / sqrt(v / C + (double)LN_EPS));
         const float mf = (float)m;
         float *o = out + i * (size_t)C;
@@ -125,12 +128,25 @@ void mome_layernorm_backward(float *dinp, float *dw, float *db, const float *dou
         const float *x = inp + i * (size_t)C;
         const float *d = dout + i * (size_t)C;
         const float m = mean[i], rs = rstd[i];
+        double al[VM_LANES] = {0}, bl[VM_LANES] = {0}; /* lanes of sum dnorm, sum dnorm * norm */
+        int c0 = 0;
+        for (; c0 + VM_LANES <= C; c0 += VM_LANES)
+            for (int j = 0; j < VM_LANES; j++) {
+                const float norm = (x[c0 + j] - m) * rs;
+                const float dnorm = w[c0 + j] * d[c0 + j];
+                al[j] += dnorm;
+                bl[j] += (double)dnorm * norm;
+            }
         double dnorm_mean = 0.0, dnorm_norm_mean = 0.0;
-        for (int c = 0; c < C; c++) {
-            const float norm = (x[c] - m) * rs;
-            const float dnorm = w[c] * d[c];
+        for (; c0 < C; c0++) {
+            const float norm = (x[c0] - m) * rs;
+            const float dnorm = w[c0] * d[c0];
             dnorm_mean += dnorm;
             dnorm_norm_mean += (double)dnorm * norm;
+        }
+        for (int j = 0; j < VM_LANES; j++) {
+            dnorm_mean += al[j];
+            dnorm_norm_mean += bl[j];
         }
         const float dm = (float)(dnorm_mean / C), dnm = (float)(dnorm_norm_mean / C);
         float *di = dinp + i * (size_t)C;
@@ -263,14 +279,9 @@ void mome_attention_forward(float *out, float *att, const float *qkv, int B, int
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3, 0.0f, a, T);
         for (int i = 0; i < T; i++) {
             float *row = a + (size_t)i * T;
-            float mx = row[0];
-            for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0.0f;
-            for (int j = 0; j <= i; j++) {
-                row[j] = vm_expf(row[j] - mx);
-                sum += row[j];
-            }
-            const float inv = 1.0f / sum;
+            const float mx = vm_max(row, i + 1);
+            for (int j = 0; j <= i; j++) row[j] = vm_expf(row[j] - mx);
+            const float inv = (float)(1.0 / vm_sum(row, i + 1));
             for (int j = 0; j <= i; j++) row[j] *= inv;
             for (int j = i + 1; j < T; j++) row[j] = 0.0f;
         }
@@ -308,8 +319,7 @@ void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const f
             for (int i = 0; i < T; i++) {
                 const float *arow = a + (size_t)i * T;
                 float *row = datt + (size_t)i * T;
-                float dot = 0.0f;
-                for (int j = 0; j <= i; j++) dot += arow[j] * row[j];
+                const float dot = (float)vm_dot(arow, row, i + 1);
                 for (int j = 0; j <= i; j++) row[j] = arow[j] * (row[j] - dot);
                 for (int j = i + 1; j < T; j++) row[j] = 0.0f;
             }

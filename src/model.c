@@ -576,6 +576,15 @@ static void check_call(const mome_gpt *m, const int32_t *inputs, int B, int T) {
                    (int)inputs[i], i, m->cfg.vocab_size);
 }
 
+/* Kernel timing for `mome bench --profile`: when m->prof is set, each call's wall time is added to its
+ * category (the sums cover every thread's work, since kernels return when all threads are done). */
+#define TIMED(m, cat, call)                                   \
+    do {                                                      \
+        const double t0_ = (m)->prof ? mome_now() : 0.0;      \
+        call;                                                 \
+        if ((m)->prof) (m)->prof[cat] += mome_now() - t0_;    \
+    } while (0)
+
 /* ---------------------------------------------------------------------------------- parallel MoE layer */
 
 /* Redoes the admission of a plan whose experts are chosen: assignment j (in token, slot order) of this rank to
@@ -675,12 +684,13 @@ static void moe_forward_par(mome_gpt *m, int l, mome_moe *moe, float *y, const f
         const size_t R = a->cap_ep, ul = (size_t)l;
         float *in = a->ep_in + ul * R * C, *h = a->ep_h + ul * R * F, *act = a->ep_a + ul * R * F;
         ep_plan(m, pl);
-        MOME_CHECK(mome_dispatch_forward(m->ep, moe->rows_in, in, a->ep_scr, C) == MOME_OK,
-                   "gpt: dispatch forward failed: %s", mome_error_message());
+        int rc;
+        TIMED(m, MOME_PROF_ALLTOALL, rc = mome_dispatch_forward(m->ep, moe->rows_in, in, a->ep_scr, C));
+        MOME_CHECK(rc == MOME_OK, "gpt: dispatch forward failed: %s", mome_error_message());
         mome_moe_experts_forward(a->ep_out, h, act, in, a->ep_rows, m->ep->n_local, p->experts_fc_w,
                                  p->experts_fc_b, p->experts_proj_w, p->experts_proj_b, C, F);
-        MOME_CHECK(mome_dispatch_reverse(m->ep, a->ep_out, moe->rows_out, a->ep_scr, C) == MOME_OK,
-                   "gpt: dispatch reverse failed: %s", mome_error_message());
+        TIMED(m, MOME_PROF_ALLTOALL, rc = mome_dispatch_reverse(m->ep, a->ep_out, moe->rows_out, a->ep_scr, C));
+        MOME_CHECK(rc == MOME_OK, "gpt: dispatch reverse failed: %s", mome_error_message());
     } else {
         mome_moe_experts_forward(moe->rows_out, moe->rows_h, moe->rows_a, moe->rows_in, pl->counts,
                                  m->cfg.n_experts, p->experts_fc_w, p->experts_fc_b, p->experts_proj_w,
@@ -707,15 +717,16 @@ static void moe_backward_par(mome_gpt *m, int l, mome_moe *moe, float *dx, const
         const size_t R = a->cap_ep, ul = (size_t)l;
         const float *in = a->ep_in + ul * R * C, *h = a->ep_h + ul * R * F, *act = a->ep_a + ul * R * F;
         ep_plan(m, pl); /* the same counts as in forward */
-        MOME_CHECK(mome_dispatch_forward(m->ep, moe->drows_out, a->ep_dout, a->ep_scr, C) == MOME_OK,
-                   "gpt: dispatch forward (gradients) failed: %s", mome_error_message());
+        int rc;
+        TIMED(m, MOME_PROF_ALLTOALL, rc = mome_dispatch_forward(m->ep, moe->drows_out, a->ep_dout, a->ep_scr, C));
+        MOME_CHECK(rc == MOME_OK, "gpt: dispatch forward (gradients) failed: %s", mome_error_message());
         const size_t nr = m->ep->n_recv;
         if (nr > 0) memset(a->ep_out, 0, nr * (size_t)C * sizeof(float));
         mome_moe_experts_backward(a->ep_out, g->experts_fc_w, g->experts_fc_b, g->experts_proj_w,
                                   g->experts_proj_b, a->ep_da, a->ep_dh, a->ep_dout, in, h, act, a->ep_rows,
                                   m->ep->n_local, p->experts_fc_w, p->experts_proj_w, C, F);
-        MOME_CHECK(mome_dispatch_reverse(m->ep, a->ep_out, moe->drows_in, a->ep_scr, C) == MOME_OK,
-                   "gpt: dispatch reverse (gradients) failed: %s", mome_error_message());
+        TIMED(m, MOME_PROF_ALLTOALL, rc = mome_dispatch_reverse(m->ep, a->ep_out, moe->drows_in, a->ep_scr, C));
+        MOME_CHECK(rc == MOME_OK, "gpt: dispatch reverse (gradients) failed: %s", mome_error_message());
     } else {
         if (pl->n_rows > 0) memset(moe->drows_in, 0, pl->n_rows * (size_t)C * sizeof(float));
         mome_moe_experts_backward(moe->drows_in, g->experts_fc_w, g->experts_fc_b, g->experts_proj_w,
@@ -738,6 +749,10 @@ static void moe_backward_par(mome_gpt *m, int l, mome_moe *moe, float *dx, const
     }
 }
 
+const char *const mome_prof_names[MOME_PROF_N] = {"embedding", "layernorm", "attn_linear", "attention",
+                                                   "residual",  "ffn",       "alltoall",    "head",
+                                                   "memset"};
+
 void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
     check_call(m, inputs, B, T);
     mome_gpt_acts *a = m->acts;
@@ -754,7 +769,7 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
     size_t n_assign = 0, n_dropped = 0;
 
     layer_view p0 = view_of(m, m->params, 0);
-    mome_encoder_forward(a->encoded, inputs, p0.wte, p0.wpe, B, T, C);
+    TIMED(m, MOME_PROF_EMBED, mome_encoder_forward(a->encoded, inputs, p0.wte, p0.wpe, B, T, C));
     const float *x = a->encoded; // (B,T,C) input of the current layer
     for (int l = 0; l < L; l++) {
         layer_view p = view_of(m, m->params, l);
@@ -767,24 +782,24 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
         float *ln2_mean = a->ln2_mean + ul * cap, *ln2_rstd = a->ln2_rstd + ul * cap;
         float *res3 = a->res3 + ul * cap * C;
 
-        mome_layernorm_forward(ln1, ln1_mean, ln1_rstd, x, p.ln1w, p.ln1b, BT, C);
-        mome_matmul_forward(qkv, ln1, p.qkvw, p.qkvb, BT, C, 3 * C);
-        mome_attention_forward(atty, att, qkv, B, T, C, NH);
-        mome_matmul_forward(a->proj, atty, p.attprojw, p.attprojb, BT, C, C);
-        mome_residual_forward(res2, x, a->proj, BT * C);
-        mome_layernorm_forward(ln2, ln2_mean, ln2_rstd, res2, p.ln2w, p.ln2b, BT, C);
+        TIMED(m, MOME_PROF_LAYERNORM, mome_layernorm_forward(ln1, ln1_mean, ln1_rstd, x, p.ln1w, p.ln1b, BT, C));
+        TIMED(m, MOME_PROF_ATTN_LINEAR, mome_matmul_forward(qkv, ln1, p.qkvw, p.qkvb, BT, C, 3 * C));
+        TIMED(m, MOME_PROF_ATTENTION, mome_attention_forward(atty, att, qkv, B, T, C, NH));
+        TIMED(m, MOME_PROF_ATTN_LINEAR, mome_matmul_forward(a->proj, atty, p.attprojw, p.attprojb, BT, C, C));
+        TIMED(m, MOME_PROF_RESIDUAL, mome_residual_forward(res2, x, a->proj, BT * C));
+        TIMED(m, MOME_PROF_LAYERNORM, mome_layernorm_forward(ln2, ln2_mean, ln2_rstd, res2, p.ln2w, p.ln2b, BT, C));
         if (a->n_moe == 0) {
             float *fch = a->fch + ul * cap * F, *fch_gelu = a->fch_gelu + ul * cap * F;
-            mome_matmul_forward(fch, ln2, p.fcw, p.fcb, BT, C, F);
-            mome_gelu_forward(fch_gelu, fch, BT * F);
-            mome_matmul_forward(a->proj, fch_gelu, p.fcprojw, p.fcprojb, BT, F, C);
+            TIMED(m, MOME_PROF_FFN, mome_matmul_forward(fch, ln2, p.fcw, p.fcb, BT, C, F));
+            TIMED(m, MOME_PROF_FFN, mome_gelu_forward(fch_gelu, fch, BT * F));
+            TIMED(m, MOME_PROF_FFN, mome_matmul_forward(a->proj, fch_gelu, p.fcprojw, p.fcprojb, BT, F, C));
         } else {
             mome_moe *moe = &a->moe[l];
             moe->p = p.moe;
             if (par)
-                moe_forward_par(m, l, moe, a->proj, ln2, BT);
+                TIMED(m, MOME_PROF_FFN, moe_forward_par(m, l, moe, a->proj, ln2, BT));
             else
-                mome_moe_forward(moe, a->proj, ln2, BT);
+                TIMED(m, MOME_PROF_FFN, mome_moe_forward(moe, a->proj, ln2, BT));
             const mome_moe_stats *st = &moe->stats;
             aux += st->aux_loss;
             z += st->z_loss;
@@ -792,11 +807,11 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
             n_dropped += st->n_dropped;
             for (int e = 0; e < E; e++) m->expert_load[(size_t)l * (size_t)E + (size_t)e] = st->load[e];
         }
-        mome_residual_forward(res3, res2, a->proj, BT * C);
+        TIMED(m, MOME_PROF_RESIDUAL, mome_residual_forward(res3, res2, a->proj, BT * C));
         x = res3;
     }
-    mome_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, x, p0.lnfw, p0.lnfb, BT, C);
-    mome_matmul_forward(m->logits, a->lnf, p0.wte, NULL, BT, C, V);
+    TIMED(m, MOME_PROF_LAYERNORM, mome_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, x, p0.lnfw, p0.lnfb, BT, C));
+    TIMED(m, MOME_PROF_HEAD, mome_matmul_forward(m->logits, a->lnf, p0.wte, NULL, BT, C, V));
     if (E > 0) {
         m->aux_loss = aux;
         m->z_loss = z;
@@ -820,10 +835,11 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
     layer_view p0 = view_of(m, m->params, 0), g0 = view_of(m, m->grads, 0);
     const float *xL = L > 0 ? a->res3 + (size_t)(L - 1) * cap * C : a->encoded;
     // head: logits = lnf · wte^T
-    memset(a->dln, 0, fC);
-    mome_matmul_backward(a->dln, g0.wte, NULL, m->logits, a->lnf, p0.wte, BT, C, V);
-    memset(a->dres, 0, fC);
-    mome_layernorm_backward(a->dres, g0.lnfw, g0.lnfb, a->dln, xL, p0.lnfw, a->lnf_mean, a->lnf_rstd, BT, C);
+    TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
+    TIMED(m, MOME_PROF_HEAD, mome_matmul_backward(a->dln, g0.wte, NULL, m->logits, a->lnf, p0.wte, BT, C, V));
+    TIMED(m, MOME_PROF_MEMSET, memset(a->dres, 0, fC));
+    TIMED(m, MOME_PROF_LAYERNORM,
+          mome_layernorm_backward(a->dres, g0.lnfw, g0.lnfb, a->dln, xL, p0.lnfw, a->lnf_mean, a->lnf_rstd, BT, C));
 
     for (int l = L - 1; l >= 0; l--) {
         layer_view p = view_of(m, m->params, l), g = view_of(m, m->grads, l);
@@ -838,34 +854,40 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
         // dres holds d(res3); res3 = res2 + fcproj, so it is also d(fcproj) and the first part of d(res2)
         if (a->n_moe == 0) {
             const float *fch = a->fch + ul * cap * F, *fch_gelu = a->fch_gelu + ul * cap * F;
-            memset(a->dfch_gelu, 0, fF);
-            mome_matmul_backward(a->dfch_gelu, g.fcprojw, g.fcprojb, a->dres, fch_gelu, p.fcprojw, BT, F, C);
-            memset(a->dfch, 0, fF);
-            mome_gelu_backward(a->dfch, fch, a->dfch_gelu, BT * F);
-            memset(a->dln, 0, fC);
-            mome_matmul_backward(a->dln, g.fcw, g.fcb, a->dfch, ln2, p.fcw, BT, C, F);
+            TIMED(m, MOME_PROF_MEMSET, memset(a->dfch_gelu, 0, fF));
+            TIMED(m, MOME_PROF_FFN,
+                  mome_matmul_backward(a->dfch_gelu, g.fcprojw, g.fcprojb, a->dres, fch_gelu, p.fcprojw, BT, F, C));
+            TIMED(m, MOME_PROF_MEMSET, memset(a->dfch, 0, fF));
+            TIMED(m, MOME_PROF_FFN, mome_gelu_backward(a->dfch, fch, a->dfch_gelu, BT * F));
+            TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
+            TIMED(m, MOME_PROF_FFN, mome_matmul_backward(a->dln, g.fcw, g.fcb, a->dfch, ln2, p.fcw, BT, C, F));
         } else {
             mome_moe *moe = &a->moe[l];
             moe->p = p.moe;
             moe->g = g.moe;
-            memset(a->dln, 0, fC);
+            TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
             if (m->dp_global || m->ep)
-                moe_backward_par(m, l, moe, a->dln, a->dres, ln2, BT, aux_grad_scale);
+                TIMED(m, MOME_PROF_FFN, moe_backward_par(m, l, moe, a->dln, a->dres, ln2, BT, aux_grad_scale));
             else
-                mome_moe_backward(moe, a->dln, a->dres, ln2, BT, aux_grad_scale);
+                TIMED(m, MOME_PROF_FFN, mome_moe_backward(moe, a->dln, a->dres, ln2, BT, aux_grad_scale));
         }
-        mome_layernorm_backward(a->dres, g.ln2w, g.ln2b, a->dln, res2, p.ln2w, ln2_mean, ln2_rstd, BT, C);
+        TIMED(m, MOME_PROF_LAYERNORM,
+              mome_layernorm_backward(a->dres, g.ln2w, g.ln2b, a->dln, res2, p.ln2w, ln2_mean, ln2_rstd, BT, C));
         // dres now holds d(res2); res2 = x + attproj
-        memset(a->datty, 0, fC);
-        mome_matmul_backward(a->datty, g.attprojw, g.attprojb, a->dres, atty, p.attprojw, BT, C, C);
-        memset(a->dqkv, 0, 3 * fC);
-        mome_attention_backward(a->dqkv, a->scratch, a->n_scratch, a->datty, qkv, att, B, T, C, NH);
-        memset(a->dln, 0, fC);
-        mome_matmul_backward(a->dln, g.qkvw, g.qkvb, a->dqkv, ln1, p.qkvw, BT, C, 3 * C);
-        mome_layernorm_backward(a->dres, g.ln1w, g.ln1b, a->dln, x, p.ln1w, ln1_mean, ln1_rstd, BT, C);
+        TIMED(m, MOME_PROF_MEMSET, memset(a->datty, 0, fC));
+        TIMED(m, MOME_PROF_ATTN_LINEAR,
+              mome_matmul_backward(a->datty, g.attprojw, g.attprojb, a->dres, atty, p.attprojw, BT, C, C));
+        TIMED(m, MOME_PROF_MEMSET, memset(a->dqkv, 0, 3 * fC));
+        TIMED(m, MOME_PROF_ATTENTION,
+              mome_attention_backward(a->dqkv, a->scratch, a->n_scratch, a->datty, qkv, att, B, T, C, NH));
+        TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
+        TIMED(m, MOME_PROF_ATTN_LINEAR,
+              mome_matmul_backward(a->dln, g.qkvw, g.qkvb, a->dqkv, ln1, p.qkvw, BT, C, 3 * C));
+        TIMED(m, MOME_PROF_LAYERNORM,
+              mome_layernorm_backward(a->dres, g.ln1w, g.ln1b, a->dln, x, p.ln1w, ln1_mean, ln1_rstd, BT, C));
         // dres now holds d(x), the gradient of this layer's input
     }
-    mome_encoder_backward(g0.wte, g0.wpe, a->dres, inputs, B, T, C);
+    TIMED(m, MOME_PROF_EMBED, mome_encoder_backward(g0.wte, g0.wpe, a->dres, inputs, B, T, C));
 }
 
 /* Forward FLOPs per token (a multiply-add counts 2):

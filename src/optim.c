@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "mome/common.h"
+#include "vmath.h"
 
 #define NORM_CHUNKS 256
 #define PI 3.14159265358979323846
@@ -67,7 +68,10 @@ double mome_grad_norm(const float *grads, size_t n) {
         const size_t i0 = (size_t)ch * chunk;
         const size_t i1 = i0 + chunk < n ? i0 + chunk : n;
         double s = 0.0;
-        for (size_t i = i0; i < i1; i++) s += (double)grads[i] * grads[i];
+        for (size_t i = i0; i < i1; i += (size_t)1 << 30) { /* vm_dot takes an int count */
+            const size_t len = i1 - i < (size_t)1 << 30 ? i1 - i : (size_t)1 << 30;
+            s += vm_dot(grads + i, grads + i, (int)len);
+        }
         part[ch] = s;
     }
     double total = 0.0;

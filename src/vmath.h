@@ -92,6 +92,18 @@ static inline double vm_exp_sum(float *out, const float *x, float shift, float s
     return s;
 }
 
+/* sum of x[i], accumulated in float64 lanes. */
+static inline double vm_sum(const float *x, int n) {
+    double acc[VM_LANES] = {0};
+    int i = 0;
+    for (; i + VM_LANES <= n; i += VM_LANES)
+        for (int j = 0; j < VM_LANES; j++) acc[j] += (double)x[i + j];
+    double s = 0.0;
+    for (; i < n; i++) s += (double)x[i];
+    for (int j = 0; j < VM_LANES; j++) s += acc[j];
+    return s;
+}
+
 /* sum of a[i] * b[i], accumulated in float64 lanes. */
 static inline double vm_dot(const float *a, const float *b, int n) {
     double acc[VM_LANES] = {0};

@@ -65,6 +65,21 @@ enum {
 
 typedef struct mome_gpt_acts mome_gpt_acts; /* activation buffers, private to model.c */
 
+/* Kernel categories of the optional timing (mome_gpt.prof, used by `mome bench --profile`). */
+enum {
+    MOME_PROF_EMBED,       /* token + position embedding, forward and backward */
+    MOME_PROF_LAYERNORM,   /* every LayerNorm */
+    MOME_PROF_ATTN_LINEAR, /* qkv and output projections of attention */
+    MOME_PROF_ATTENTION,   /* q k^T, softmax, att v (per head) */
+    MOME_PROF_RESIDUAL,    /* residual adds */
+    MOME_PROF_FFN,         /* dense MLP, or the whole MoE layer: gate, gather, experts, combine, all-to-all */
+    MOME_PROF_ALLTOALL,    /* the MoE all-to-all alone (also counted in FFN) */
+    MOME_PROF_HEAD,        /* tied output head (logits) */
+    MOME_PROF_MEMSET,      /* zeroing of gradient scratch in backward */
+    MOME_PROF_N
+};
+extern const char *const mome_prof_names[MOME_PROF_N];
+
 /* mome_gpt_set_parallel exists (train.c tests this). */
 #define MOME_GPT_HAS_EXPERT_PARALLEL 1
 
@@ -91,6 +106,7 @@ typedef struct {
     mome_dispatch *ep;       /* NULL: all experts local */
     double n_tokens_global;  /* tokens of the last forward over dp_comm (or local) */
     int inference;           /* mome_gpt_set_inference: no gradients, one layer of activations reused */
+    double *prof;            /* NULL, or (MOME_PROF_N) seconds that forward and backward add per kernel category */
 } mome_gpt;
 
 /* Checks a config: positive sizes, d_model divisible by n_head; with experts 1 <= top_k <= E, capacity_factor
