@@ -239,6 +239,8 @@ int mome_bench_run(const mome_bench_opts *o, MPI_Comm comm, FILE *out) {
         fprintf(out, "teacher_forward_s=%.4f teacher_flop_per_token=%.4g teacher_gflops=%.1f teacher_mfu=%.3f\n",
                 teacher_s, t_fpt, t_tok * t_fpt / 1e9, t_tok * t_fpt / 1e9 / sg_sum);
     }
+    if (o->student) /* the mean KD + CE loss per token of the last step: the same for any layout of ranks */
+        fprintf(out, "student_loss=%.6f after %d steps\n", last_loss / tokens, o->warmup + o->steps);
     fprintf(out, "peak_rss_mb=%.1f", rss_max);
     if (world > 1) fprintf(out, " peak_rss_mb_all_ranks=%.1f", rss_sum);
     fprintf(out, "\nranks=%d threads=%d batch=%d seq_len=%d vocab=%d\n", world, threads_now(), o->batch, T, V);
