@@ -194,16 +194,27 @@ void mome_matmul_forward(float *out, const float *inp, const float *w, const flo
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, OC, IC, 1.0f, inp, IC, w, IC, beta, out, OC);
 }
 
-void mome_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
-                          size_t N, int IC, int OC) {
+static void matmul_backward(float *dinp, float dinp_beta, float *dw, float *dbias, const float *dout,
+                            const float *inp, const float *w, size_t N, int IC, int OC) {
     // dinp is (N,IC) or NULL, dw is (OC,IC), dbias is (OC) or NULL, dout is (N,OC), inp is (N,IC), w is (OC,IC)
     MOME_CHECK(N <= INT_MAX && IC > 0 && OC > 0, "matmul: bad sizes N=%zu IC=%d OC=%d", N, IC, OC);
     if (N == 0) return;
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp,
-                    IC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, IC, OC, 1.0f, dout, OC, w, IC, dinp_beta,
+                    dinp, IC);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, (int)N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (dbias) column_sum_acc(dbias, dout, N, OC, (size_t)OC);
+}
+
+void mome_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+                          size_t N, int IC, int OC) {
+    matmul_backward(dinp, 1.0f, dw, dbias, dout, inp, w, N, IC, OC);
+}
+
+void mome_matmul_backward_to(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                             const float *w, size_t N, int IC, int OC) {
+    MOME_CHECK(dinp != NULL, "matmul backward_to: dinp is NULL");
+    matmul_backward(dinp, 0.0f, dw, dbias, dout, inp, w, N, IC, OC);
 }
 
 void mome_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC,
@@ -437,18 +448,23 @@ void mome_gelu_forward(float *out, const float *inp, size_t n) {
     }
 }
 
+static inline float gelu_grad(float x) {
+    const float cube = 0.044715f * x * x * x;
+    const float th = vm_tanhf(GELU_SCALING_FACTOR * (x + cube));
+    const float sech2 = 1.0f - th * th;
+    return 0.5f * (1.0f + th) + x * 0.5f * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
 void mome_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
     // dinp, inp and dout are (n)
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        const float x = inp[i];
-        const float cube = 0.044715f * x * x * x;
-        const float th = vm_tanhf(GELU_SCALING_FACTOR * (x + cube));
-        const float sech2 = 1.0f - th * th;
-        const float local = 0.5f * (1.0f + th) +
-                            x * 0.5f * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] += local * dout[i];
-    }
+    for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
+}
+
+void mome_gelu_backward_to(float *dinp, const float *inp, const float *dout, size_t n) {
+    // dinp, inp and dout are (n)
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
 }
 
 /* ----------------------------------------------------------------------------------------------- residual */

@@ -740,11 +740,9 @@ static void moe_backward_par(mome_gpt *m, int l, mome_moe *moe, float *dx, const
     mome_moe_route_backward(moe, dx, g->gate_w, moe->dweight, x, N, gs);
     if (Fs > 0) {
         const size_t n = N * (size_t)Fs;
-        memset(moe->dscratch_a, 0, n * sizeof(float));
-        memset(moe->dscratch_h, 0, n * sizeof(float));
-        mome_matmul_backward(moe->dscratch_a, g->shared_proj_w, g->shared_proj_b, dy, moe->sh_a, p->shared_proj_w,
-                             N, Fs, C);
-        mome_gelu_backward(moe->dscratch_h, moe->sh_h, moe->dscratch_a, n);
+        mome_matmul_backward_to(moe->dscratch_a, g->shared_proj_w, g->shared_proj_b, dy, moe->sh_a,
+                                p->shared_proj_w, N, Fs, C);
+        mome_gelu_backward_to(moe->dscratch_h, moe->sh_h, moe->dscratch_a, n);
         mome_matmul_backward(dx, g->shared_fc_w, g->shared_fc_b, moe->dscratch_h, x, p->shared_fc_w, N, C, Fs);
     }
 }
@@ -830,13 +828,12 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
     const int L = m->cfg.n_layer, C = m->cfg.d_model, F = m->cfg.d_ff, NH = m->cfg.n_head, V = m->cfg.vocab_size;
     const size_t BT = (size_t)B * (size_t)T, cap = a->cap_bt;
     const size_t att_cap = (size_t)m->max_B * NH * (size_t)m->max_T * (size_t)m->max_T;
-    const size_t fC = BT * (size_t)C * sizeof(float), fF = BT * (size_t)F * sizeof(float);
+    const size_t fC = BT * (size_t)C * sizeof(float);
 
     layer_view p0 = view_of(m, m->params, 0), g0 = view_of(m, m->grads, 0);
     const float *xL = L > 0 ? a->res3 + (size_t)(L - 1) * cap * C : a->encoded;
     // head: logits = lnf · wte^T
-    TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
-    TIMED(m, MOME_PROF_HEAD, mome_matmul_backward(a->dln, g0.wte, NULL, m->logits, a->lnf, p0.wte, BT, C, V));
+    TIMED(m, MOME_PROF_HEAD, mome_matmul_backward_to(a->dln, g0.wte, NULL, m->logits, a->lnf, p0.wte, BT, C, V));
     TIMED(m, MOME_PROF_MEMSET, memset(a->dres, 0, fC));
     TIMED(m, MOME_PROF_LAYERNORM,
           mome_layernorm_backward(a->dres, g0.lnfw, g0.lnfb, a->dln, xL, p0.lnfw, a->lnf_mean, a->lnf_rstd, BT, C));
@@ -854,13 +851,10 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
         // dres holds d(res3); res3 = res2 + fcproj, so it is also d(fcproj) and the first part of d(res2)
         if (a->n_moe == 0) {
             const float *fch = a->fch + ul * cap * F, *fch_gelu = a->fch_gelu + ul * cap * F;
-            TIMED(m, MOME_PROF_MEMSET, memset(a->dfch_gelu, 0, fF));
             TIMED(m, MOME_PROF_FFN,
-                  mome_matmul_backward(a->dfch_gelu, g.fcprojw, g.fcprojb, a->dres, fch_gelu, p.fcprojw, BT, F, C));
-            TIMED(m, MOME_PROF_MEMSET, memset(a->dfch, 0, fF));
-            TIMED(m, MOME_PROF_FFN, mome_gelu_backward(a->dfch, fch, a->dfch_gelu, BT * F));
-            TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
-            TIMED(m, MOME_PROF_FFN, mome_matmul_backward(a->dln, g.fcw, g.fcb, a->dfch, ln2, p.fcw, BT, C, F));
+                  mome_matmul_backward_to(a->dfch_gelu, g.fcprojw, g.fcprojb, a->dres, fch_gelu, p.fcprojw, BT, F, C));
+            TIMED(m, MOME_PROF_FFN, mome_gelu_backward_to(a->dfch, fch, a->dfch_gelu, BT * F));
+            TIMED(m, MOME_PROF_FFN, mome_matmul_backward_to(a->dln, g.fcw, g.fcb, a->dfch, ln2, p.fcw, BT, C, F));
         } else {
             mome_moe *moe = &a->moe[l];
             moe->p = p.moe;
@@ -874,15 +868,13 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
         TIMED(m, MOME_PROF_LAYERNORM,
               mome_layernorm_backward(a->dres, g.ln2w, g.ln2b, a->dln, res2, p.ln2w, ln2_mean, ln2_rstd, BT, C));
         // dres now holds d(res2); res2 = x + attproj
-        TIMED(m, MOME_PROF_MEMSET, memset(a->datty, 0, fC));
         TIMED(m, MOME_PROF_ATTN_LINEAR,
-              mome_matmul_backward(a->datty, g.attprojw, g.attprojb, a->dres, atty, p.attprojw, BT, C, C));
+              mome_matmul_backward_to(a->datty, g.attprojw, g.attprojb, a->dres, atty, p.attprojw, BT, C, C));
         TIMED(m, MOME_PROF_MEMSET, memset(a->dqkv, 0, 3 * fC));
         TIMED(m, MOME_PROF_ATTENTION,
               mome_attention_backward(a->dqkv, a->scratch, a->n_scratch, a->datty, qkv, att, B, T, C, NH));
-        TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
         TIMED(m, MOME_PROF_ATTN_LINEAR,
-              mome_matmul_backward(a->dln, g.qkvw, g.qkvb, a->dqkv, ln1, p.qkvw, BT, C, 3 * C));
+              mome_matmul_backward_to(a->dln, g.qkvw, g.qkvb, a->dqkv, ln1, p.qkvw, BT, C, 3 * C));
         TIMED(m, MOME_PROF_LAYERNORM,
               mome_layernorm_backward(a->dres, g.ln1w, g.ln1b, a->dln, x, p.ln1w, ln1_mean, ln1_rstd, BT, C));
         // dres now holds d(x), the gradient of this layer's input

@@ -360,17 +360,16 @@ void mome_moe_experts_backward(float *din, float *dfc_w, float *dfc_b, float *dp
     size_t n_all = 0;
     for (int i = 0; i < n_exp; i++) n_all += counts[i];
     if (n_all == 0) return;
-    memset(da, 0, n_all * uF * sizeof(float));
-    memset(dh, 0, n_all * uF * sizeof(float));
+    /* da and dh are overwritten (no zeroing): they are scratch */
     size_t r0 = 0;
     for (int i = 0; i < n_exp; i++) {
         const size_t n = counts[i];
         if (n > 0)
-            mome_matmul_backward(da + r0 * uF, dproj_w + i * uC * uF, dproj_b + i * uC, dout + r0 * uC, a + r0 * uF,
-                                 proj_w + i * uC * uF, n, F, C);
+            mome_matmul_backward_to(da + r0 * uF, dproj_w + i * uC * uF, dproj_b + i * uC, dout + r0 * uC,
+                                    a + r0 * uF, proj_w + i * uC * uF, n, F, C);
         r0 += n;
     }
-    mome_gelu_backward(dh, h, da, n_all * uF);
+    mome_gelu_backward_to(dh, h, da, n_all * uF);
     r0 = 0;
     for (int i = 0; i < n_exp; i++) {
         const size_t n = counts[i];
@@ -466,11 +465,9 @@ void mome_moe_backward(mome_moe *m, float *dx, const float *dy, const float *x, 
     if (Fs > 0 && N > 0) {
         MOME_CHECK(m->g.shared_fc_w, "moe backward: shared expert configured but its gradients are not bound");
         const size_t n = N * (size_t)Fs;
-        memset(m->dscratch_a, 0, n * sizeof(float));
-        memset(m->dscratch_h, 0, n * sizeof(float));
-        mome_matmul_backward(m->dscratch_a, m->g.shared_proj_w, m->g.shared_proj_b, dy, m->sh_a, m->p.shared_proj_w,
+        mome_matmul_backward_to(m->dscratch_a, m->g.shared_proj_w, m->g.shared_proj_b, dy, m->sh_a, m->p.shared_proj_w,
                              N, Fs, C);
-        mome_gelu_backward(m->dscratch_h, m->sh_h, m->dscratch_a, n);
+        mome_gelu_backward_to(m->dscratch_h, m->sh_h, m->dscratch_a, n);
         mome_matmul_backward(dx, m->g.shared_fc_w, m->g.shared_fc_b, m->dscratch_h, x, m->p.shared_fc_w, N, C, Fs);
     }
 }

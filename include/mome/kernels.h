@@ -37,6 +37,10 @@ void mome_matmul_forward(float *out, const float *inp, const float *w, const flo
  * dinp and dbias may be NULL (not needed). */
 void mome_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                           size_t N, int IC, int OC);
+/* As mome_matmul_backward, but dinp (not NULL) is overwritten rather than accumulated into (dw and dbias still
+ * accumulate): saves zeroing dinp and reading it back. */
+void mome_matmul_backward_to(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                             const float *w, size_t N, int IC, int OC);
 /* Naive-loop references with the same contract. */
 void mome_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC,
                              int OC);
@@ -62,6 +66,8 @@ void mome_attention_backward_ref(float *dqkv, const float *dout, const float *qk
 void mome_gelu_forward(float *out, const float *inp, size_t n);
 /* dinp (n) += gelu'(inp) * dout. */
 void mome_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+/* dinp (n) = gelu'(inp) * dout (overwrites). */
+void mome_gelu_backward_to(float *dinp, const float *inp, const float *dout, size_t n);
 
 /* ---- residual add ---- */
 /* out (n) = a + b. */
