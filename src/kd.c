@@ -1,11 +1,14 @@
 /* kd.c — knowledge distillation (see kd.h): the fused KD + CE loss for full and top-k teacher targets, the
  * top-k builder, adaptive / fixed alpha with checkpointable state, and the combined / alternating weights.
  *
- * The fused loss works one row at a time: the student log-probabilities at temperature T go to a per-thread
- * V-sized scratch, the KL and CE are summed in float64, then the row of logits is overwritten with the
- * gradient. Rows are split into a fixed number of chunks whose partial sums are added in order, so the sums
- * are the same for any thread count. Where the teacher targets come from (a teacher forward, a cache, MPI)
- * and how the losses are normalised and logged is left to the trainer.
+ * The fused loss works one row at a time. Each exponential of a row is computed once, with the vectorised
+ * vm_expf of vmath.h, into a per-thread V-sized scratch: e1 = exp(z - max z) for the CE, eq = exp((z - max z) / T)
+ * for the student at T, ep = exp((t - max t) / T) for a full teacher; the probabilities are these times the
+ * reciprocal of their float64 sum (log-probabilities are formed from the logits, never as log of a probability).
+ * The KL and CE are summed in float64 (in VM_LANES fixed lanes), then the row of logits is overwritten with the
+ * gradient. Rows are split into a fixed number of chunks whose partial sums are added in order, so the sums are
+ * the same for any thread count. Where the teacher targets come from (a teacher forward, a cache, MPI) and how
+ * the losses are normalised and logged is left to the trainer.
  *
  * Gradients with respect to the logits z (s = z / T, q = softmax(s), loss term w_kd * T^2 * KL):
  *   forward, full:  T * (q_j - p_j)
@@ -13,6 +16,8 @@
  *   forward, top-k: T * (Psum * q_j - P_j)               j in the top-k
  *                   T * (Psum * q_j - P_tail * q_j / Q_tail)  j elsewhere     (Psum = sum of teacher buckets)
  *   reverse, top-k: T * q_j * (g_b(j) - KL), g_b = log Q_b - log P_b for the bucket b(j) that holds j.
+ * The top-k gradients are written for every j with the "elsewhere" (tail) formula in one vectorised pass, and
+ * then the k top-k entries are overwritten with their own formula.
  */
 #include "mome/kd.h"
 
@@ -20,8 +25,15 @@
 #include <string.h>
 
 #include "mome/common.h"
+#include "vmath.h"
 
 #define KD_CHUNKS 256
+
+/* Tail masses (top-k loss: the student's, top-k builder: the teacher's) are summed directly over the non-top-k
+ * ids from the exponentials relative to the row max. When that sum is at least e^KD_TAIL_DIRECT_MIN, the terms
+ * that vm_expf flushes to 0 (each below 1.2e-38, at most V of them) change it by less than
+ * V * 1.2e-38 / e^-40 = V * 3e-21 relative. A smaller tail is summed again relative to its own max. */
+#define KD_TAIL_DIRECT_MIN -40.0f
 
 /* The teacher of one row: full log-probs (lp, V) or top-k buckets (ids, lp (k), tail). */
 typedef struct {
@@ -38,67 +50,193 @@ typedef struct {
     int has_teacher;
 } kd_opts;
 
-/* Loss and gradient of one row. row (V): logits in, gradient out (if grad_scale != 0). lq, lp (V): scratch;
- * mask (V): scratch of zeros, left zeroed. Adds the CE (if tg >= 0) and the KL to *ce, *kl. */
-static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, int32_t tg, int V, const kd_opts *o,
-                   float *lq, float *lp, unsigned char *mask, size_t r) {
-    const float T = o->T, invT = 1.0f / o->T;
-    float mx = row[0];
-    for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+/* Per-thread scratch of the fused loss and of the top-k builder: e1, eq, ep (V each, 64-byte aligned), fix (V: the
+ * top-k entries of the gradient, kept aside while the tail pass overwrites the row; the builder's heap) and mask
+ * (V, all zero between rows).
+ * It is cached in thread-local storage and only reallocated when V grows: OpenMP keeps its worker threads
+ * between parallel regions, so after the first step no call allocates. Each thread that ever ran the loss keeps
+ * one buffer (4 * 4V + V bytes, 68 KiB at V = 4096) until it exits; a thread that exits before the process does
+ * leaks it, which OpenMP pools do not do. */
+typedef struct {
+    float *e1, *eq, *ep, *fix;
+    unsigned char *mask;
+} kd_scratch;
 
-    /* CE at temperature 1 */
-    float lse1 = 0.0f;
+static _Thread_local float *kd_tls_buf = NULL;
+static _Thread_local unsigned char *kd_tls_mask = NULL;
+static _Thread_local size_t kd_tls_cap = 0; /* floats per buffer (V rounded up to 16) */
+
+static kd_scratch kd_scratch_get(int V) {
+    const size_t Vp = ((size_t)V + 15) & ~(size_t)15; /* keeps each buffer 64-byte aligned */
+    if (Vp > kd_tls_cap) {
+        mome_free(kd_tls_buf);
+        mome_free(kd_tls_mask);
+        kd_tls_buf = mome_malloc(4 * Vp * sizeof *kd_tls_buf);
+        kd_tls_mask = mome_calloc(Vp, 1);
+        kd_tls_cap = Vp;
+    }
+    const size_t c = kd_tls_cap;
+    return (kd_scratch){.e1 = kd_tls_buf, .eq = kd_tls_buf + c, .ep = kd_tls_buf + 2 * c, .fix = kd_tls_buf + 3 * c,
+                        .mask = kd_tls_mask};
+}
+
+/* ---- row kernels: plain loops over the row that GCC vectorises (restrict: the buffers never overlap) */
+
+/* on ? x : +0.0f as a bit mask. A plain select feeding a float64 conversion is folded into a select of two
+ * conversions, which GCC does not if-convert under -ftrapping-math (see vm_exp_sum in vmath.h): the loop would
+ * stay scalar. */
+static inline float keep_if(int on, float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    b &= -(uint32_t)(on != 0);
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+/* sum over v of w_v * (la_v - lb_v) with w_v = w[v] * ws, la_v = (a[v] - ash) * invT - alse and
+ * lb_v = (b[v] - bsh) * invT - blse (log-probabilities formed as in the scalar formula); terms with w_v = 0 are
+ * skipped (0 * log 0). float64 in VM_LANES fixed lanes. */
+static inline double kl_terms(const float *restrict w, float ws, const float *restrict a, float ash, float alse,
+                              const float *restrict b, float bsh, float blse, float invT, int n) {
+    double acc[VM_LANES] = {0};
+    int i = 0;
+    for (; i + VM_LANES <= n; i += VM_LANES)
+        for (int j = 0; j < VM_LANES; j++) {
+            const float wv = w[i + j] * ws;
+            const float d = ((a[i + j] - ash) * invT - alse) - ((b[i + j] - bsh) * invT - blse);
+            const int on = wv > 0.0f;
+            acc[j] += (double)keep_if(on, wv) * (double)keep_if(on, d);
+        }
+    double s = 0.0;
+    for (; i < n; i++) {
+        const float wv = w[i] * ws;
+        const float d = ((a[i] - ash) * invT - alse) - ((b[i] - bsh) * invT - blse);
+        const int on = wv > 0.0f;
+        s += (double)keep_if(on, wv) * (double)keep_if(on, d);
+    }
+    for (int j = 0; j < VM_LANES; j++) s += acc[j];
+    return s;
+}
+
+/* Largest x[v] with mask[v] == 0 (-inf if none). */
+static inline float masked_max(const float *restrict x, const unsigned char *restrict mask, int n) {
+    float acc[VM_LANES];
+    for (int j = 0; j < VM_LANES; j++) acc[j] = -INFINITY;
+    int i = 0;
+    for (; i + VM_LANES <= n; i += VM_LANES)
+        for (int j = 0; j < VM_LANES; j++) acc[j] = !mask[i + j] && x[i + j] > acc[j] ? x[i + j] : acc[j];
+    float m = -INFINITY;
+    for (; i < n; i++) m = !mask[i] && x[i] > m ? x[i] : m;
+    for (int j = 0; j < VM_LANES; j++) m = acc[j] > m ? acc[j] : m;
+    return m;
+}
+
+/* Sum of x[v] with mask[v] == 0, float64 in VM_LANES fixed lanes (a direct sum: no 1 - sum cancellation). */
+static inline double masked_sum(const float *restrict x, const unsigned char *restrict mask, int n) {
+    double acc[VM_LANES] = {0};
+    int i = 0;
+    for (; i + VM_LANES <= n; i += VM_LANES)
+        for (int j = 0; j < VM_LANES; j++) acc[j] += (double)keep_if(!mask[i + j], x[i + j]);
+    double s = 0.0;
+    for (; i < n; i++) s += (double)keep_if(!mask[i], x[i]);
+    for (int j = 0; j < VM_LANES; j++) s += acc[j];
+    return s;
+}
+
+/* g[v] = a * (cq * q[v] - cp * p[v]) (forward KL, full: cq = 1 / sum q; top-k tail: cq = Psum / sum q). */
+static inline void grad_diff(float *restrict g, float a, const float *restrict q, float cq, const float *restrict p,
+                             float cp, int n) {
+    for (int v = 0; v < n; v++) g[v] = a * (q[v] * cq - p[v] * cp);
+}
+
+/* Reverse KL, full: g (the row) holds z in and a * q_v * (lq_v - lp_v - kl) out, q_v = eq[v] * iq. */
+static inline void grad_rev_full(float *restrict g, float a, const float *restrict eq, float iq, float mx,
+                                 float lseT, const float *restrict t, float tm, float lset, float invT, float kl,
+                                 int n) {
+    for (int v = 0; v < n; v++) {
+        const float q = eq[v] * iq;
+        const float lq = (g[v] - mx) * invT - lseT, lp = (t[v] - tm) * invT - lset;
+        g[v] = a * (q * (lq - lp - kl));
+    }
+}
+
+/* Reverse KL, top-k tail: g[v] = a * q_v * c with c = g_tail - KL. */
+static inline void grad_scale_q(float *restrict g, float a, const float *restrict eq, float iq, float c, int n) {
+    for (int v = 0; v < n; v++) g[v] = a * ((eq[v] * iq) * c);
+}
+
+/* g[v] = a * e1[v] * i1: a * softmax(z), the CE gradient without the one-hot */
+static inline void grad_ce(float *restrict g, float a, const float *restrict e1, float i1, int n) {
+    for (int v = 0; v < n; v++) g[v] = a * (e1[v] * i1);
+}
+
+/* g[v] += a * e1[v] * i1: the CE part, a * softmax(z) */
+static inline void grad_add_ce(float *restrict g, float a, const float *restrict e1, float i1, int n) {
+    for (int v = 0; v < n; v++) g[v] += a * (e1[v] * i1);
+}
+
+/* Loss and gradient of one row. row (V): logits in, gradient out (if grad_scale != 0). s: the thread's scratch
+ * (mask all zero, left zeroed). Adds the CE (if tg >= 0) and the KL to *ce, *kl. */
+static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, int32_t tg, int V, const kd_opts *o,
+                   const kd_scratch *s, size_t r) {
+    const float T = o->T, invT = 1.0f / o->T;
+    const int grad = o->grad_scale != 0.0f;
+    if (!o->has_teacher && tg < 0) {
+        if (grad) memset(row, 0, (size_t)V * sizeof *row);
+        return;
+    }
+    const float mx = vm_max(row, V);
+
+    /* CE at temperature 1: e1 = exp(z - max) */
+    double s1 = 1.0;
     if (tg >= 0) {
-        double s1 = 0.0;
-        for (int v = 0; v < V; v++) s1 += expf(row[v] - mx);
-        lse1 = mx + (float)log(s1);
+        s1 = vm_exp_sum(s->e1, row, mx, 1.0f, V);
         *ce += log(s1) - (double)(row[tg] - mx);
     }
+    const float i1 = (float)(1.0 / s1);
     if (!o->has_teacher) {
-        if (o->grad_scale != 0.0f && tg >= 0) {
+        if (grad) {
             const float a = o->grad_scale * o->w_ce;
-            for (int v = 0; v < V; v++) row[v] = a * expf(row[v] - lse1);
+            grad_ce(row, a, s->e1, i1, V);
             row[tg] -= a;
-        } else if (o->grad_scale != 0.0f) {
-            for (int v = 0; v < V; v++) row[v] = 0.0f;
         }
         return;
     }
 
-    /* student log-probs at temperature T */
-    double sT = 0.0;
-    for (int v = 0; v < V; v++) {
-        lq[v] = (row[v] - mx) * invT;
-        sT += expf(lq[v]);
-    }
-    const float lseT = (float)log(sT);
-    for (int v = 0; v < V; v++) lq[v] -= lseT;
-
-    double klr = 0.0;
-    double psum = 1.0;        /* top-k forward: sum of the teacher's bucket probabilities */
-    double ptail = 0.0;       /* top-k: teacher tail probability */
-    float lQt = -INFINITY;    /* top-k: log of the student tail mass */
-    float gtail = 0.0f;       /* top-k reverse: log Q_tail - log P_tail */
-    const int topk = te->tlogits == NULL;
-    if (!topk) {
-        const float *t = te->tlogits;
-        float tm = t[0];
-        for (int v = 1; v < V; v++) tm = t[v] > tm ? t[v] : tm;
-        double st = 0.0;
-        for (int v = 0; v < V; v++) {
-            lp[v] = (t[v] - tm) * invT;
-            st += expf(lp[v]);
-        }
-        const float lset = (float)log(st);
-        for (int v = 0; v < V; v++) lp[v] -= lset;
-        if (o->dir == MOME_KD_FORWARD)
-            for (int v = 0; v < V; v++) {
-                const float p = expf(lp[v]);
-                if (p > 0.0f) klr += (double)p * (double)(lp[v] - lq[v]);
-            }
-        else
-            for (int v = 0; v < V; v++) klr += (double)expf(lq[v]) * (double)(lq[v] - lp[v]);
+    /* student at temperature T: eq = exp((z - max) / T), q = eq / sT, log q = (z - max) / T - log sT. At T = 1
+     * this is e1 (same expression, same bits). */
+    const float *eq = s->eq;
+    double sT;
+    if (tg >= 0 && invT == 1.0f) {
+        eq = s->e1;
+        sT = s1;
     } else {
+        sT = vm_exp_sum(s->eq, row, mx, invT, V);
+    }
+    const float lseT = (float)log(sT), iq = (float)(1.0 / sT);
+
+    const float a_ce = tg >= 0 ? o->grad_scale * o->w_ce : 0.0f;
+    const float a_kd = o->grad_scale * o->w_kd * T;
+    double klr = 0.0;
+    if (te->tlogits) {
+        /* full teacher: ep = exp((t - tmax) / T), p = ep / st, log p = (t - tmax) / T - log st */
+        const float *t = te->tlogits;
+        const float tm = vm_max(t, V);
+        const double st = vm_exp_sum(s->ep, t, tm, invT, V);
+        const float lset = (float)log(st), ip = (float)(1.0 / st);
+        if (o->dir == MOME_KD_FORWARD)
+            klr = kl_terms(s->ep, ip, t, tm, lset, row, mx, lseT, invT, V);
+        else
+            klr = kl_terms(eq, iq, row, mx, lseT, t, tm, lset, invT, V);
+        *kl += klr;
+        if (grad) {
+            if (o->dir == MOME_KD_FORWARD)
+                grad_diff(row, a_kd, eq, iq, s->ep, ip, V);
+            else
+                grad_rev_full(row, a_kd, eq, iq, mx, lseT, t, tm, lset, invT, (float)klr, V);
+        }
+    } else {
+        unsigned char *mask = s->mask;
         const int k = te->k;
         for (int i = 0; i < k; i++) {
             const int32_t id = te->ids[i];
@@ -106,69 +244,87 @@ static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, in
             MOME_CHECK(!mask[id], "kd: top-k id %d repeated in row %zu", (int)id, r);
             MOME_CHECK(isfinite(te->tlp[i]), "kd: non-finite top-k log-prob at row %zu, entry %d", r, i);
             mask[id] = 1;
-            lp[id] = te->tlp[i];
         }
         const int has_tail = k < V;
-        ptail = te->tail;
+        const double ptail = te->tail;
         MOME_CHECK(isfinite(ptail) && ptail >= 0.0, "kd: top-k tail %g of row %zu is not a probability", ptail,
                    r);
+        /* the student's mass outside the top-k, summed directly over those ids (no 1 - sum): stail = sum of et
+         * over them, Q_tail = stail * exp(shift) / sT; et = eq (shift 0) unless that sum is too small (see
+         * KD_TAIL_DIRECT_MIN), then et = exp((z - max of the tail) / T) in ep */
+        const float *et = eq;
+        double stail = 0.0, lQt = -INFINITY, Qt = 0.0;
         if (has_tail) {
-            /* log of the student's mass outside the top-k: log-sum-exp over those ids, no 1 - sum */
-            float tmx = -INFINITY;
-            for (int v = 0; v < V; v++)
-                if (!mask[v] && lq[v] > tmx) tmx = lq[v];
-            double st = 0.0;
-            for (int v = 0; v < V; v++)
-                if (!mask[v]) st += expf(lq[v] - tmx);
-            lQt = tmx + (float)log(st);
+            stail = masked_sum(eq, mask, V);
+            if (stail >= exp((double)KD_TAIL_DIRECT_MIN)) {
+                Qt = stail / sT;
+                lQt = log(stail) - log(sT);
+            } else {
+                const float tmx = masked_max(row, mask, V);
+                const float shift = (tmx - mx) * invT;
+                (void)vm_exp_sum(s->ep, row, tmx, invT, V);
+                et = s->ep;
+                stail = masked_sum(s->ep, mask, V);
+                lQt = (double)shift + log(stail) - log(sT);
+                Qt = exp(lQt);
+            }
         }
+        double psum = 1.0;  /* forward: sum of the teacher's bucket probabilities */
+        float gtail = 0.0f; /* reverse: log Q_tail - log P_tail */
         if (o->dir == MOME_KD_FORWARD) {
             psum = 0.0;
             for (int i = 0; i < k; i++) {
                 const int32_t id = te->ids[i];
                 const double p = exp((double)te->tlp[i]);
+                const float lq = (row[id] - mx) * invT - lseT;
                 psum += p;
-                klr += p * (double)(te->tlp[i] - lq[id]);
+                klr += p * (double)(te->tlp[i] - lq);
             }
             if (has_tail) {
                 psum += ptail;
-                if (ptail > 0.0) klr += ptail * (log(ptail) - (double)lQt);
+                if (ptail > 0.0) klr += ptail * (log(ptail) - lQt);
             }
         } else {
             for (int i = 0; i < k; i++) {
                 const int32_t id = te->ids[i];
-                klr += exp((double)lq[id]) * (double)(lq[id] - te->tlp[i]);
+                const float lq = (row[id] - mx) * invT - lseT;
+                klr += (double)eq[id] / sT * (double)(lq - te->tlp[i]);
             }
             if (has_tail) {
-                gtail = (float)((double)lQt - log(fmax(ptail, MOME_KD_TAIL_FLOOR)));
-                klr += exp((double)lQt) * (double)gtail;
+                gtail = (float)(lQt - log(fmax(ptail, MOME_KD_TAIL_FLOOR)));
+                klr += Qt * (double)gtail;
             }
         }
-    }
-    *kl += klr;
-
-    if (o->grad_scale != 0.0f) {
-        const float a_ce = tg >= 0 ? o->grad_scale * o->w_ce : 0.0f;
-        const float a_kd = o->grad_scale * o->w_kd * T;
-        const float klf = (float)klr;
-        for (int v = 0; v < V; v++) {
-            const float q = expf(lq[v]);
-            float gkd;
-            if (!topk) {
-                gkd = o->dir == MOME_KD_FORWARD ? q - expf(lp[v]) : q * (lq[v] - lp[v] - klf);
-            } else if (o->dir == MOME_KD_FORWARD) {
-                gkd = (float)psum * q - (mask[v] ? expf(lp[v]) : (float)ptail * expf(lq[v] - lQt));
+        *kl += klr;
+        if (grad) {
+            const float klf = (float)klr, psumf = (float)psum;
+            /* the top-k entries first (they need the logits), then the tail formula over the whole row */
+            for (int i = 0; i < k; i++) {
+                const int32_t id = te->ids[i];
+                const float q = eq[id] * iq;
+                if (o->dir == MOME_KD_FORWARD) {
+                    s->fix[i] = a_kd * (psumf * q - expf(te->tlp[i]));
+                } else {
+                    const float lq = (row[id] - mx) * invT - lseT;
+                    s->fix[i] = a_kd * (q * ((lq - te->tlp[i]) - klf));
+                }
+            }
+            if (o->dir == MOME_KD_FORWARD) {
+                /* tail: Psum * q_j - P_tail * q_j / Q_tail, q_j / Q_tail = et_j / stail */
+                const float ct = has_tail ? (float)(ptail / stail) : 0.0f;
+                grad_diff(row, a_kd, eq, psumf * iq, et, ct, V);
             } else {
-                gkd = q * ((mask[v] ? lq[v] - lp[v] : gtail) - klf);
+                grad_scale_q(row, a_kd, eq, iq, gtail - klf, V);
             }
-            float g = a_kd * gkd;
-            if (a_ce != 0.0f) g += a_ce * expf(row[v] - lse1);
-            row[v] = g;
+            for (int i = 0; i < k; i++) row[te->ids[i]] = s->fix[i];
         }
-        if (tg >= 0) row[tg] -= a_ce;
+        for (int i = 0; i < k; i++) mask[te->ids[i]] = 0;
     }
-    if (topk)
-        for (int i = 0; i < te->k; i++) mask[te->ids[i]] = 0;
+
+    if (grad && a_ce != 0.0f) {
+        grad_add_ce(row, a_ce, s->e1, i1, V);
+        row[tg] -= a_ce;
+    }
 }
 
 /* The shared driver: te_full (N,V) or (ids, tlp (N,k), tail (N)). */
@@ -187,13 +343,7 @@ static double kd_run(float *logits, mome_kd_sums *out, const float *te_full, con
     const size_t chunk = (N + KD_CHUNKS - 1) / KD_CHUNKS;
 #pragma omp parallel
     {
-        float *lq = NULL, *lp = NULL;
-        unsigned char *mask = NULL;
-        if (o->has_teacher) {
-            lq = mome_malloc(2 * (size_t)V * sizeof *lq);
-            lp = lq + V;
-            mask = mome_calloc((size_t)V, 1);
-        }
+        const kd_scratch scr = kd_scratch_get(V);
 #pragma omp for schedule(static)
         for (int ch = 0; ch < KD_CHUNKS; ch++) {
             const size_t r0 = (size_t)ch * chunk;
@@ -212,15 +362,13 @@ static double kd_run(float *logits, mome_kd_sums *out, const float *te_full, con
                         te.k = k;
                     }
                 }
-                kd_row(logits + r * (size_t)V, &ce, &kl, &te, targets[r], V, o, lq, lp, mask, r);
+                kd_row(logits + r * (size_t)V, &ce, &kl, &te, targets[r], V, o, &scr, r);
                 valid += targets[r] >= 0;
             }
             part_ce[ch] = ce;
             part_kl[ch] = kl;
             part_valid[ch] = valid;
         }
-        mome_free(lq);
-        mome_free(mask);
     }
     mome_kd_sums s = {0};
     for (int ch = 0; ch < KD_CHUNKS; ch++) {
@@ -278,27 +426,41 @@ static void heap_down(float *hv, int32_t *hi, int n, int i) {
     }
 }
 
+/* 1 when x[0..n) are all finite: x - x is 0 for a finite x and NaN for +-inf or NaN (float lanes, vectorised). */
+static inline int all_finite(const float *x, int n) {
+    float acc[VM_LANES] = {0};
+    int i = 0;
+    for (; i + VM_LANES <= n; i += VM_LANES)
+        for (int j = 0; j < VM_LANES; j++) acc[j] += x[i + j] - x[i + j];
+    float s = 0.0f;
+    for (; i < n; i++) s += x[i] - x[i];
+    for (int j = 0; j < VM_LANES; j++) s += acc[j];
+    return s == 0.0f;
+}
+
 int mome_kd_topk_build(int32_t *topk_ids, float *topk_logp, float *topk_tail, const float *teacher_logits,
                        size_t N, int V, int k, float T) {
     // teacher_logits is (N,V); topk_ids, topk_logp are (N,k); topk_tail is (N)
     MOME_CHECK(V > 0 && k >= 1 && k <= V, "kd: top-k size %d outside [1, %d]", k, V);
     MOME_CHECK(T > 0.0f && isfinite(T), "kd: temperature %g must be > 0", (double)T);
-    for (size_t r = 0; r < N; r++) {
-        const float *t = teacher_logits + r * (size_t)V;
-        for (int v = 0; v < V; v++)
-            if (!isfinite(t[v]))
-                return mome_error_set(MOME_ENONFINITE, "kd top-k: teacher logit [%zu, %d] is %g", r, v,
-                                      (double)t[v]);
-    }
     const float invT = 1.0f / T;
-#pragma omp parallel
+    /* the first row with a non-finite logit (N if none): each row is checked where it is read anyway; rows after
+     * it are still processed (the outputs are unspecified when an error is returned) */
+    long long bad = (long long)N;
+#pragma omp parallel reduction(min : bad)
     {
-        float *hv = mome_malloc((size_t)k * sizeof *hv);
-        unsigned char *mask = mome_calloc((size_t)V, 1);
+        /* the loss's per-thread scratch: hv (k <= V) in fix, exp((t - max) / T) in e1 */
+        const kd_scratch scr = kd_scratch_get(V);
+        float *hv = scr.fix, *e = scr.e1;
+        unsigned char *mask = scr.mask;
 #pragma omp for schedule(static)
         for (long long rl = 0; rl < (long long)N; rl++) {
             const size_t r = (size_t)rl;
             const float *t = teacher_logits + r * (size_t)V;
+            if (!all_finite(t, V)) {
+                bad = rl < bad ? rl : bad;
+                continue;
+            }
             int32_t *hi = topk_ids + r * (size_t)k;
             float *lpo = topk_logp + r * (size_t)k;
             /* selection: keep the k best in a min-heap */
@@ -323,14 +485,15 @@ int mome_kd_topk_build(int32_t *topk_ids, float *topk_logp, float *topk_tail, co
                 hi[n] = ti;
                 heap_down(hv, hi, n, 0);
             }
-            /* log-probs at temperature T; the tail summed over the other ids */
+            /* log-probs at temperature T; the tail summed over the other ids (see KD_TAIL_DIRECT_MIN) */
             const float mx = hv[0];
-            double sall = 0.0, stail = 0.0;
             for (int i = 0; i < k; i++) mask[hi[i]] = 1;
-            for (int v = 0; v < V; v++) {
-                const double e = expf((t[v] - mx) * invT);
-                sall += e;
-                if (!mask[v]) stail += e;
+            const double sall = vm_exp_sum(e, t, mx, invT, V);
+            double stail = k < V ? masked_sum(e, mask, V) : 0.0;
+            if (k < V && stail < exp((double)KD_TAIL_DIRECT_MIN)) {
+                const float tmx = masked_max(t, mask, V);
+                (void)vm_exp_sum(e, t, tmx, invT, V);
+                stail = masked_sum(e, mask, V) * exp((double)((tmx - mx) * invT));
             }
             const double lse = log(sall);
             for (int i = 0; i < k; i++) {
@@ -339,8 +502,13 @@ int mome_kd_topk_build(int32_t *topk_ids, float *topk_logp, float *topk_tail, co
             }
             topk_tail[r] = (float)(stail / sall);
         }
-        mome_free(hv);
-        mome_free(mask);
+    }
+    if (bad < (long long)N) {
+        const size_t r = (size_t)bad;
+        const float *t = teacher_logits + r * (size_t)V;
+        int v = 0;
+        while (v < V - 1 && isfinite(t[v])) v++;
+        return mome_error_set(MOME_ENONFINITE, "kd top-k: teacher logit [%zu, %d] is %g", r, v, (double)t[v]);
     }
     return MOME_OK;
 }

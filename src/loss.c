@@ -1,17 +1,41 @@
 /* loss.c — fused softmax cross-entropy over the vocabulary (see loss.h): one pass per row computes the loss
  * and overwrites the logits with the scaled gradient, so no (B,T,V) probability buffer exists.
  *
- * Numerically stable (the row max is subtracted before exp; sums in float64). The total is summed in fixed
- * chunks of rows whose partial sums are added in order, so it is the same for any thread count.
+ * Numerically stable (the row max is subtracted before exp; sums in float64). exp(z - max) is computed once per
+ * element with the vectorised vm_expf (vmath.h) into a per-thread V-sized scratch, summed in VM_LANES fixed
+ * float64 lanes, and the gradient is that times 1 / sum. The total is summed in fixed chunks of rows whose
+ * partial sums are added in order, so it is the same for any thread count.
  * KD losses belong to the distillation module.
  */
 #include "mome/loss.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "mome/common.h"
+#include "vmath.h"
 
 #define XENT_CHUNKS 256
+
+/* Per-thread scratch (V floats) for exp(z - max), cached in thread-local storage and reallocated only when V
+ * grows: OpenMP keeps its worker threads between parallel regions, so after the first step no call allocates.
+ * Each thread that ever ran the loss keeps one buffer (16 KiB at V = 4096) until it exits. */
+static _Thread_local float *xent_tls_buf = NULL;
+static _Thread_local size_t xent_tls_cap = 0;
+
+static float *xent_scratch(int V) {
+    if ((size_t)V > xent_tls_cap) {
+        mome_free(xent_tls_buf);
+        xent_tls_buf = mome_malloc((size_t)V * sizeof *xent_tls_buf);
+        xent_tls_cap = (size_t)V;
+    }
+    return xent_tls_buf;
+}
+
+/* g[v] = a * (e[v] * inv) */
+static inline void scale_into(float *restrict g, float a, const float *restrict e, float inv, int n) {
+    for (int v = 0; v < n; v++) g[v] = a * (e[v] * inv);
+}
 
 double mome_xent_forward_backward(float *logits, const int32_t *targets, size_t N, int V, float grad_scale,
                                   size_t *n_valid) {
@@ -28,31 +52,23 @@ double mome_xent_forward_backward(float *logits, const int32_t *targets, size_t 
     for (int ch = 0; ch < XENT_CHUNKS; ch++) {
         const size_t r0 = (size_t)ch * chunk;
         const size_t r1 = r0 + chunk < N ? r0 + chunk : N;
+        float *e = r0 < r1 ? xent_scratch(V) : NULL;
         double acc = 0.0;
         size_t valid = 0;
         for (size_t r = r0; r < r1; r++) {
             float *row = logits + r * (size_t)V;
             const int32_t tg = targets[r];
             if (tg < 0) {
-                if (grad_scale != 0.0f)
-                    for (int v = 0; v < V; v++) row[v] = 0.0f;
+                if (grad_scale != 0.0f) memset(row, 0, (size_t)V * sizeof *row);
                 continue;
             }
-            float mx = row[0];
-            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            const float mx = vm_max(row, V);
             const float zt = row[tg] - mx;
-            double sum = 0.0;
+            // e = exp(z - max) in the scratch, then the gradient grad_scale * e / sum into the row
+            const double sum = vm_exp_sum(e, row, mx, 1.0f, V);
             if (grad_scale != 0.0f) {
-                // keep exp(z - max) in the row, then turn it into the gradient
-                for (int v = 0; v < V; v++) {
-                    row[v] = expf(row[v] - mx);
-                    sum += row[v];
-                }
-                const float inv = (float)(1.0 / sum);
-                for (int v = 0; v < V; v++) row[v] = grad_scale * (row[v] * inv);
+                scale_into(row, grad_scale, e, (float)(1.0 / sum), V);
                 row[tg] -= grad_scale;
-            } else {
-                for (int v = 0; v < V; v++) sum += expf(row[v] - mx);
             }
             acc += log(sum) - (double)zt;
             valid++;

@@ -17,7 +17,8 @@
 
 #define VM_LANES 16
 
-/* exp(x): x = n ln2 + r with |r| <= ln2 / 2 (n rounded to nearest), exp(r) by the Cephes polynomial, 2^n built in the exponent bits. */
+/* exp(x): x = n ln2 + r with |r| <= ln2 / 2 (n rounded to nearest), exp(r) by the Cephes polynomial, 2^n built
+ * in the exponent bits. */
 static inline float vm_expf(float x) {
     const float hi = 88.7f, lo = -87.3f;
     const float xc = x > hi ? hi : (x < lo ? lo : x);
@@ -73,21 +74,17 @@ static inline float vm_max(const float *x, int n) {
     return m;
 }
 
-/* out[i] = exp((x[i] - shift) * scale) for i < n; returns the sum of out, accumulated in float64 lanes. */
-static inline double vm_exp_sum(float *out, const float *x, float shift, float scale, int n) {
+/* out[i] = exp((x[i] - shift) * scale) for i < n; returns the sum of out, accumulated in float64 lanes. Two loops:
+ * GCC 12 does not vectorise the fused form under the default -ftrapping-math (vm_expf's final select feeding a
+ * float64 conversion is duplicated into both branches, "control flow in loop"). */
+static inline double vm_exp_sum(float *restrict out, const float *restrict x, float shift, float scale, int n) {
+    for (int i = 0; i < n; i++) out[i] = vm_expf((x[i] - shift) * scale);
     double acc[VM_LANES] = {0};
     int i = 0;
     for (; i + VM_LANES <= n; i += VM_LANES)
-        for (int j = 0; j < VM_LANES; j++) {
-            const float e = vm_expf((x[i + j] - shift) * scale);
-            out[i + j] = e;
-            acc[j] += (double)e;
-        }
+        for (int j = 0; j < VM_LANES; j++) acc[j] += (double)out[i + j];
     double s = 0.0;
-    for (; i < n; i++) {
-        out[i] = vm_expf((x[i] - shift) * scale);
-        s += (double)out[i];
-    }
+    for (; i < n; i++) s += (double)out[i];
     for (int j = 0; j < VM_LANES; j++) s += acc[j];
     return s;
 }
