@@ -106,6 +106,14 @@ void mome_log_set_rank(int rank, int world_size) {
 
 void mome_log_set_level(mome_log_level level) { log_level = level; }
 
+static mome_log_hook log_hook = NULL;
+static void *log_hook_ctx = NULL;
+
+void mome_log_set_hook(mome_log_hook hook, void *ctx) {
+    log_hook = hook;
+    log_hook_ctx = ctx;
+}
+
 void mome_log(mome_log_level level, const char *fmt, ...) {
     if (level < log_level) return;
     if (level <= MOME_LOG_INFO && log_rank != 0) return;
@@ -123,6 +131,12 @@ void mome_log(mome_log_level level, const char *fmt, ...) {
     else
         fprintf(out, "%s\n", msg);
     fflush(out);
+    if (log_hook) {
+        mome_log_hook hook = log_hook;
+        log_hook = NULL; /* no recursion if the hook logs */
+        hook(level, msg, log_hook_ctx);
+        log_hook = hook;
+    }
 }
 
 double mome_now(void) {

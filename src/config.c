@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "mome/common.h"
+#include "mome/monitor.h"
 
 /* ---------------------------------------------------------------------------------------------------------
  * The schema. */
@@ -132,12 +133,30 @@ static const field schema[] = {
 
     {"parallel", "ep", T_INT, F(parallel, ep), "0", 0, 1048576,
      "ranks in an expert-parallel group (must divide the world size); 0: all ranks"},
+
+    {"monitor", "bind", T_STR, F(monitor, bind), "tcp://127.0.0.1:0", 0, 0,
+     "ZeroMQ endpoint of the monitor stream (rank 0; port 0: any free port, see runs/<run>/monitor.json); none: off"},
+    {"monitor", "curve_secret_key", T_STR, F(monitor, curve_secret_key), "", 0, 0,
+     "file with the server's Z85 CURVE secret key (`mome monitor --keygen`); needed to bind beyond loopback"},
+    {"monitor", "insecure", T_INT, F(monitor, insecure), "0", 0, 1,
+     "1: allow a non-loopback bind without CURVE encryption"},
+    {"monitor", "hwm", T_INT, F(monitor, hwm), "1000", 1, 10000000,
+     "messages queued per subscriber; beyond it a slow subscriber loses messages, training never waits"},
+    {"monitor", "sndbuf", T_INT, F(monitor, sndbuf), "0", 0, 1 << 30,
+     "kernel send buffer per subscriber connection, bytes; 0: the system default"},
+    {"monitor", "linger_ms", T_INT, F(monitor, linger_ms), "200", 0, 60000,
+     "how long closing the stream waits for queued messages"},
+    {"monitor", "meta_every_s", T_FLOAT, F(monitor, meta_every_s), "10", 0.1f, 86400,
+     "seconds between repeated mome.meta messages (also sent to every new subscriber)"},
+    {"monitor", "sgemm_probe", T_INT, F(monitor, sgemm_probe), "1", 0, 1,
+     "1: rank 0 measures the sgemm rate at start (0.3 s) so that mome.train can report MFU"},
 };
 #undef F
 
 #define N_FIELDS (sizeof schema / sizeof schema[0])
 
-static const char *const sections[] = {"model", "train", "data", "checkpoint", "moe", "teacher", "kd", "parallel"};
+static const char *const sections[] = {"model", "train", "data", "checkpoint", "moe",
+                                       "teacher", "kd", "parallel", "monitor"};
 #define N_SECTIONS (sizeof sections / sizeof sections[0])
 
 static const char *type_name(field_type t) {
@@ -618,6 +637,12 @@ int mome_config_validate(const mome_config *cfg) {
     if (cfg->moe.n_experts > 0 && cfg->moe.top_k > cfg->moe.n_experts)
         return mome_error_set(MOME_ECONFIG, "config: [moe] top_k = %d is larger than n_experts = %d", cfg->moe.top_k,
                               cfg->moe.n_experts);
+    {
+        const mome_monitor_config mc = {.bind = cfg->monitor.bind, .curve_secret_key = cfg->monitor.curve_secret_key,
+                                        .insecure = cfg->monitor.insecure};
+        int rc = mome_monitor_config_check(&mc);
+        if (rc) return rc;
+    }
     {
         const struct {
             const char *section, *key, *value, *allowed;

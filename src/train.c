@@ -20,6 +20,8 @@
 #include "mome/common.h"
 #include "mome/loss.h"
 #include "mome/distill.h"
+#include "mome/bench.h"
+#include "mome/monitor.h"
 #include "mome/optim.h"
 #include "mome/parallel.h"
 #include "mome/rng.h"
@@ -185,7 +187,9 @@ typedef struct {
     char ckpt_dir[600];
     char run_dir[600];
     char *config_text;     /* resolved config, with vocab_size and d_ff filled in */
-    FILE *metrics;         /* rank 0: runs/<run>/metrics.jsonl, appended */
+    mome_monitor *mon;     /* rank 0: metrics.jsonl and the ZeroMQ stream (monitor.h) */
+    double flop_per_token; /* of a training step (3 x forward), for the MFU */
+    double sgemm_gflops;   /* measured by rank 0 at start, times the ranks; 0: not measured */
 } trainer;
 
 static int save_checkpoint(trainer *tr) {
@@ -242,10 +246,15 @@ static int save_checkpoint(trainer *tr) {
         char path[1024];
         double t0 = mome_now();
         rc = mome_ckpt_save(tr->ckpt_dir, &a, tr->cfg->checkpoint.keep, path, sizeof path);
+        const double secs = mome_now() - t0;
         if (rc == MOME_OK)
-            mome_info("checkpoint: %s (step %ld, %.2f s)", path, tr->step, mome_now() - t0);
+            mome_info("checkpoint: %s (step %ld, %.2f s)", path, tr->step, secs);
         else
             mome_log(MOME_LOG_ERROR, "checkpoint at step %ld failed: %s", tr->step, mome_error_message());
+        mome_monitor_publish(tr->mon, "mome.ckpt", tr->step,
+                             json_pack("{s:s, s:b, s:f, s:o}", "path", rc == MOME_OK ? path : "", "ok", rc == MOME_OK,
+                                       "seconds", secs,
+                                       "error", rc == MOME_OK ? json_null() : json_string(mome_error_message())));
         mome_free(rngs);
         mome_free(cursors);
         mome_free(all);
@@ -340,54 +349,47 @@ static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *
         mome_info("step %5ld/%ld | loss %.4f%s | lr %.2e | grad norm %.3f | %.0f ms | %.0f tok/s | eta %.0fs",
                   tr->step, cfg->train.steps, loss, moe, lr, gnorm, step_s * 1e3, tok_s, eta);
     }
-    if (!tr->metrics) return;
+    if (!tr->mon) return;
+    const int has_moe = ms != NULL;
     json_t *o = json_object();
-    json_object_set_new(o, "event", json_string("train"));
-    json_object_set_new(o, "step", json_integer((json_int_t)tr->step));
-    json_object_set_new(o, "tokens_seen", json_integer((json_int_t)tr->tokens_seen));
     json_object_set_new(o, "loss", json_num(loss));
     json_object_set_new(o, "ce", json_num(ks ? ks->ce : ce));
-    if (ks) {
-        json_object_set_new(o, "kd", json_num(ks->kd));
-        json_object_set_new(o, "alpha", json_num(ks->alpha));
-        json_object_set_new(o, "teacher_bytes", json_num(ks->bytes));
-    }
+    json_object_set_new(o, "kd", ks ? json_num(ks->kd) : json_null());
+    json_object_set_new(o, "aux", has_moe ? json_num(ms->aux) : json_null());
+    json_object_set_new(o, "z_loss", has_moe ? json_num(ms->z) : json_null());
+    json_object_set_new(o, "alpha", ks ? json_num(ks->alpha) : json_null());
     json_object_set_new(o, "lr", json_real((double)lr));
     json_object_set_new(o, "grad_norm", json_num(gnorm));
-    json_object_set_new(o, "step_ms", json_real(step_s * 1e3));
     json_object_set_new(o, "tokens_per_s", json_num(tok_s));
-    if (ms) {
-        json_object_set_new(o, "aux", json_num(ms->aux));
-        json_object_set_new(o, "z_loss", json_num(ms->z));
-        json_object_set_new(o, "dropped_frac", json_num(ms->dropped_frac));
-        /* Load fractions per layer and expert, of the step's last micro-batch. */
+    json_object_set_new(o, "mfu", tr->sgemm_gflops > 0 ? json_num(tok_s * tr->flop_per_token / 1e9 / tr->sgemm_gflops)
+                                                       : json_null());
+    json_object_set_new(o, "step_ms", json_real(step_s * 1e3));
+    json_object_set_new(o, "eta_s", json_num(step_s * (double)(cfg->train.steps - tr->step)));
+    json_object_set_new(o, "tokens_seen", json_integer((json_int_t)tr->tokens_seen));
+    json_object_set_new(o, "dropped_frac", has_moe ? json_num(ms->dropped_frac) : json_null());
+    json_object_set_new(o, "teacher_bytes", ks ? json_num(ks->bytes) : json_null());
+    json_t *load = json_null();
+    if (has_moe) { /* load fractions per layer and expert, of the step's last micro-batch */
         const int L = tr->model.cfg.n_layer, E = tr->model.cfg.n_experts;
-        json_t *load = json_array();
+        load = json_array();
         for (int l = 0; l < L; l++) {
             json_t *row = json_array();
             for (int e = 0; e < E; e++) json_array_append_new(row, json_num(tr->model.expert_load[l * E + e]));
             json_array_append_new(load, row);
         }
-        json_object_set_new(o, "expert_load", load);
     }
-    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(17));
-    fprintf(tr->metrics, "%s\n", line);
-    fflush(tr->metrics);
-    free(line);
-    json_decref(o);
+    json_object_set_new(o, "expert_load", load);
+    mome_monitor_publish(tr->mon, "mome.train", tr->step, o);
 }
 
 static void log_eval(trainer *tr, const mome_eval_result *r) {
-    if (tr->rank != 0 || !tr->metrics) return;
-    json_t *dom = json_object();
-    for (int d = 0; d < r->n_domains; d++)
-        json_object_set_new(dom, r->name[d], isfinite(r->loss[d]) ? json_real(r->loss[d]) : json_null());
-    json_t *o = json_pack("{s:s, s:I, s:o}", "event", "eval", "step", (json_int_t)tr->step, "val_loss", dom);
-    char *line = json_dumps(o, JSON_COMPACT);
-    fprintf(tr->metrics, "%s\n", line);
-    fflush(tr->metrics);
-    free(line);
-    json_decref(o);
+    if (tr->rank != 0 || !tr->mon) return;
+    json_t *loss = json_object(), *ppl = json_object();
+    for (int d = 0; d < r->n_domains; d++) {
+        json_object_set_new(loss, r->name[d], json_num(r->loss[d]));
+        json_object_set_new(ppl, r->name[d], json_num(exp(r->loss[d])));
+    }
+    mome_monitor_publish(tr->mon, "mome.eval", tr->step, json_pack("{s:o, s:o}", "val_loss", loss, "val_ppl", ppl));
 }
 
 static int run_eval(trainer *tr, mome_eval_result *r) {
@@ -467,7 +469,10 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
 }
 
 static void trainer_free(trainer *tr) {
-    if (tr->metrics) fclose(tr->metrics);
+    if (tr->mon) {
+        mome_log_set_hook(NULL, NULL);
+        mome_monitor_close(tr->mon);
+    }
     if (tr->par.ep > 0) mome_parallel_free(&tr->par);
     mome_free(tr->config_text);
     mome_adamw_free(&tr->opt);
@@ -475,6 +480,54 @@ static void trainer_free(trainer *tr) {
     mome_kd_alpha_free(&tr->alpha);
     mome_gpt_free(&tr->model);
     mome_dataset_close(&tr->ds);
+}
+
+static const char *level_name(mome_log_level l) {
+    return l == MOME_LOG_ERROR ? "error" : l == MOME_LOG_WARN ? "warn" : l == MOME_LOG_INFO ? "info" : "debug";
+}
+
+/* Rank 0's log lines, also as mome.log records. */
+static void log_to_monitor(mome_log_level level, const char *message, void *ctx) {
+    trainer *tr = ctx;
+    mome_monitor_publish(tr->mon, "mome.log", tr->step,
+                         json_pack("{s:s, s:s}", "level", level_name(level), "message", message));
+}
+
+/* Rank 0: metrics.jsonl, the stream, its mome.meta record, and the log hook. */
+static int open_monitor(trainer *tr) {
+    const mome_config *cfg = tr->cfg;
+    const mome_monitor_config mc = {.bind = cfg->monitor.bind, .curve_secret_key = cfg->monitor.curve_secret_key,
+                                    .insecure = cfg->monitor.insecure, .hwm = cfg->monitor.hwm,
+                                    .sndbuf = cfg->monitor.sndbuf,
+                                    .linger_ms = cfg->monitor.linger_ms,
+                                    .meta_every_s = cfg->monitor.meta_every_s};
+    int rc = mome_monitor_open(&tr->mon, &mc, tr->run_dir, cfg->train.run_name, tr->step);
+    if (rc) return rc;
+    const mome_gpt_config *g = &tr->model.cfg;
+    tr->flop_per_token = 3.0 * mome_gpt_flops_per_token(g, tr->T);
+    if (cfg->monitor.sgemm_probe) tr->sgemm_gflops = mome_bench_sgemm_gflops(0.3) * tr->world;
+    json_t *domains = json_array();
+    for (int d = 0; d < tr->ds.n_domains; d++) json_array_append_new(domains, json_string(tr->ds.domains[d].name));
+    json_t *model = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "n_layer", g->n_layer, "d_model", g->d_model,
+                              "n_head", g->n_head, "vocab_size", g->vocab_size, "seq_len", g->seq_len, "n_experts",
+                              g->n_experts, "top_k", g->top_k);
+    json_t *meta = json_object();
+    json_object_set_new(meta, "config", json_string(tr->config_text));
+    json_object_set_new(meta, "n_params", json_integer((json_int_t)tr->full_table.total));
+    json_object_set_new(meta, "world", json_integer(tr->world));
+    json_object_set_new(meta, "threads", json_integer(omp_get_max_threads()));
+    json_object_set_new(meta, "steps", json_integer((json_int_t)cfg->train.steps));
+    json_object_set_new(meta, "start_step", json_integer((json_int_t)tr->step));
+    json_object_set_new(meta, "tokens_per_step", json_integer((json_int_t)tr->B * tr->T * tr->accum));
+    json_object_set_new(meta, "flop_per_token", json_real(tr->flop_per_token));
+    json_object_set_new(meta, "sgemm_gflops", tr->sgemm_gflops > 0 ? json_real(tr->sgemm_gflops) : json_null());
+    json_object_set_new(meta, "model", model);
+    json_object_set_new(meta, "domains", domains);
+    json_object_set_new(meta, "teacher", cfg->teacher.checkpoint[0] ? json_string(cfg->teacher.checkpoint)
+                                                                     : json_null());
+    mome_monitor_set_meta(tr->mon, tr->step, meta);
+    mome_log_set_hook(log_to_monitor, tr);
+    return MOME_OK;
 }
 
 static int trainer_resume(trainer *tr) {
@@ -500,14 +553,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     trainer tr;
     int rc = agree(trainer_setup(&tr, cfg, comm), comm);
     if (rc == MOME_OK) rc = agree(trainer_resume(&tr), comm);
-    if (rc == MOME_OK && tr.rank == 0) {
-        int mk = mome_mkdirs(tr.run_dir);
-        char mpath[700];
-        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", tr.run_dir);
-        if (mk == MOME_OK && !(tr.metrics = fopen(mpath, "a")))
-            mk = mome_error_set(MOME_EIO, "%s: cannot open for appending", mpath);
-        rc = mk;
-    }
+    if (rc == MOME_OK && tr.rank == 0) rc = open_monitor(&tr);
     rc = agree(rc, comm);
     if (rc) {
         trainer_free(&tr);
@@ -627,6 +673,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         moe_step_stats ms = {aux, zl, drop_sum / tr.accum};
         log_step(&tr, loss, ce, cfg->moe.n_experts > 0 ? &ms : NULL, tr.kd.on ? &ks : NULL, lr, gnorm, dt,
                  (double)tr.B * T * tr.accum / dt);
+        mome_monitor_poll(tr.mon, tr.step);
 
         if (eval_every > 0 && tr.step % eval_every == 0 && tr.step < steps) {
             mome_eval_result r;
@@ -662,6 +709,13 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     mome_free(buf);
     mome_free(inp);
     mome_free(tgt);
+    if (tr.mon) {
+        const char *status = rc != MOME_OK ? "failed" : stopped ? "stopped" : "completed";
+        const int code = rc != MOME_OK ? 1 : stopped ? MOME_EXIT_STOPPED : 0;
+        mome_monitor_publish(tr.mon, "mome.end", tr.step,
+                             json_pack("{s:s, s:i, s:I}", "status", status, "exit_code", code, "published",
+                                       (json_int_t)mome_monitor_published(tr.mon) + 1));
+    }
     trainer_free(&tr);
     if (rc == MOME_OK && stopped) rc = mome_error_set(MOME_ESTOP, "stopped by signal after a checkpoint");
     return rc;

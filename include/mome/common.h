@@ -77,6 +77,10 @@ typedef enum { MOME_LOG_DEBUG = 0, MOME_LOG_INFO = 1, MOME_LOG_WARN = 2, MOME_LO
 void mome_log_set_rank(int rank, int world_size);
 void mome_log_set_level(mome_log_level level);
 void mome_log(mome_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A function that also receives every message this rank prints (the monitor stream's mome.log); NULL: none.
+ * The hook must not log itself. */
+typedef void (*mome_log_hook)(mome_log_level level, const char *message, void *ctx);
+void mome_log_set_hook(mome_log_hook hook, void *ctx);
 #define mome_info(...) mome_log(MOME_LOG_INFO, __VA_ARGS__)
 #define mome_warn(...) mome_log(MOME_LOG_WARN, __VA_ARGS__)
 #define mome_debug(...) mome_log(MOME_LOG_DEBUG, __VA_ARGS__)

@@ -82,6 +82,16 @@ typedef struct {
 } mome_kd_section;
 
 typedef struct {
+    char bind[MOME_CFG_STR];             /* ZeroMQ endpoint rank 0 binds; "none": no stream */
+    char curve_secret_key[MOME_CFG_STR]; /* file with the server's Z85 CURVE secret key; "" = no encryption */
+    int insecure;                        /* 1: allow a non-loopback bind without CURVE */
+    int hwm;                             /* send queue per subscriber, messages */
+    int sndbuf;                          /* kernel send buffer per connection, bytes; 0: the system's */
+    int linger_ms;                       /* how long close waits for queued messages */
+    float meta_every_s;                  /* seconds between repeated mome.meta messages */
+    int sgemm_probe;                     /* 1: measure sgemm at start for the MFU */
+} mome_monitor_section;
+typedef struct {
     mome_model_section model;
     mome_train_section train;
     mome_data_section data;
@@ -90,6 +100,7 @@ typedef struct {
     mome_teacher_section teacher;
     mome_kd_section kd;
     mome_parallel_section parallel;
+    mome_monitor_section monitor;
 } mome_config;
 
 /* Fills every field with its schema default. */

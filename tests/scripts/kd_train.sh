@@ -47,7 +47,7 @@ expect_fail "tokenizer [0-9a-f]{16} but the student's corpus uses tokenizer [0-9
 "$PYTHON" - <<'PY'
 import json, sys
 def recs(run):
-    return {r["step"]: r for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("event") == "train"}
+    return {r["step"]: r for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("topic") == "mome.train"}
 bad = 0
 def same(a, b, steps, what):
     global bad

@@ -17,7 +17,7 @@ mkdir -p ckpt/m1r && cp ckpt/m1/step_00000006.h5 ckpt/m1r/ && echo step_00000006
 "$PYTHON" - <<'PY'
 import json, sys, h5py, numpy as np
 def recs(run):
-    return [r for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("event") == "train"]
+    return [r for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("topic") == "mome.train"]
 bad = 0
 for run, dropless in (("m1", False), ("m2", True)):
     rs = recs(run)

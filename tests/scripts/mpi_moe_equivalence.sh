@@ -36,7 +36,7 @@ done
 "$PYTHON" - <<'PY'
 import json, sys, h5py, numpy as np
 def losses(run):
-    return {r["step"]: r["loss"] for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("event") == "train"}
+    return {r["step"]: r["loss"] for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("topic") == "mome.train"}
 ref = losses("np1")
 bad = 0
 def compare(run, steps):
@@ -65,7 +65,7 @@ for run, steps in (("np2", range(1, 21)), ("np4", range(1, 21)), ("np4_ep2", ran
     print(f"{run:10s} final weights ({len(w1)} tensors): relative difference {norm:.2e} (tolerance 1e-5), "
           f"largest element {elem:.2e} (tolerance 1e-4)")
     bad += norm > 1e-5 or elem > 1e-4
-drops = [r["dropped_frac"] for r in map(json.loads, open("runs/np1/metrics.jsonl")) if r.get("event") == "train"]
+drops = [r["dropped_frac"] for r in map(json.loads, open("runs/np1/metrics.jsonl")) if r.get("topic") == "mome.train"]
 print(f"dropped fraction over the run: {min(drops):.3f} .. {max(drops):.3f}")
 if max(drops) == 0:
     print("capacity 1.25 never dropped a token: the test would not cover dropping"); bad += 1

@@ -14,7 +14,7 @@ timeout 300 "$MOME_BIN" train "$MOME_SOURCE_DIR/configs/tiny.ini" "${args[@]}" t
 "$PYTHON" - <<'PY'
 import json, sys
 def losses(run):
-    return {r["step"]: r["loss"] for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("event") == "train"}
+    return {r["step"]: r["loss"] for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")) if r.get("topic") == "mome.train"}
 a = losses("np1")
 bad = 0
 for run, what in (("np2", "1 vs 2 ranks"), ("accum", "batch 8 vs 4 x 2 accumulation")):

@@ -30,7 +30,7 @@ stop = int(os.environ["STOP"])
 def losses(run):
     out = {}
     for r in map(json.loads, open(f"runs/{run}/metrics.jsonl")):
-        if r.get("event") == "train":
+        if r.get("topic") == "mome.train":
             out.setdefault(r["step"], []).append(r["loss"])
     return out
 full, cut = losses("full"), losses("cut")

@@ -23,7 +23,7 @@ def losses(run):
     out = {}
     for line in open(f"runs/{run}/metrics.jsonl"):
         r = json.loads(line)
-        if r.get("event") == "train":
+        if r.get("topic") == "mome.train":
             out[r["step"]] = r["loss"]
     return out
 a, b, c = losses("a"), losses("b"), losses("c")
