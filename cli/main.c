@@ -17,6 +17,7 @@
 #include "mome/corpus.h"
 #include "mome/data.h"
 #include "mome/distill.h"
+#include "mome/monitor_view.h"
 #include "mome/tokenizer.h"
 #include "mome/train.h"
 
@@ -42,6 +43,8 @@ static const char *usage_main =
     "                            sample a continuation\n"
     "  teacher cache CONFIG [section.key=value ...]\n"
     "                            write the teacher's top-k targets for every sample of a run (placement=cache)\n"
+    "  monitor RUN_DIR | ENDPOINT [--json] [--timeout S] [--server-key KEY]\n"
+    "                            watch a run live (its ZeroMQ stream); plain lines when not a terminal\n"
     "  bench [--threads N] [--steps N] [--student|--teacher] [--profile]\n"
     "                            throughput of the fixed benchmark model (run under mpirun to split it)\n"
     "\n"
@@ -526,6 +529,7 @@ int main(int argc, char **argv) {
     if (strcmp(verb, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
     if (strcmp(verb, "teacher") == 0) return cmd_teacher(argc - 1, argv + 1);
     if (strcmp(verb, "bench") == 0) return cmd_bench(argc - 1, argv + 1);
+    if (strcmp(verb, "monitor") == 0) return mome_monitor_main(argc - 1, argv + 1);
     fprintf(stderr, "mome: unknown verb '%s'\n\n%s", verb, usage_main);
     return EXIT_USAGE;
 }
