@@ -23,8 +23,12 @@ expect_fail "bad_range.ini:2.*lr" "$MOME_BIN" train bad_range.ini
 expect_fail "train.nope" "$MOME_BIN" train "$tiny" train.nope=1
 expect_fail "no_such.ini" "$MOME_BIN" train no_such.ini
 expect_fail "corpus_missing" "$MOME_BIN" train "$tiny" data.dir=corpus_missing
+# the monitor stream beyond loopback needs a CURVE key, or an explicit monitor.insecure
+expect_fail "monitor.*0.0.0.0.*curve_secret_key" "$MOME_BIN" train "$tiny" monitor.bind=tcp://0.0.0.0:0
 
 make_corpus corpus
+expect_fail "monitor.*CURVE secret key file no_such.key" "$MOME_BIN" train "$tiny" data.dir=corpus \
+  monitor.bind=tcp://0.0.0.0:0 monitor.curve_secret_key=no_such.key
 args=(data.dir=corpus checkpoint.dir=ckpt train.steps=4 train.threads=1 train.eval_batches=1 train.run_name=t)
 "$MOME_BIN" train "$tiny" "${args[@]}" > t.log 2>&1 || { cat t.log; fail "training run"; }
 good=ckpt/t/step_00000004.h5
