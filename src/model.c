@@ -14,6 +14,9 @@
  */
 #include "mome/model.h"
 
+#include "mome/block.h"
+#include "prof.h"
+
 #include <math.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -576,14 +579,7 @@ static void check_call(const mome_gpt *m, const int32_t *inputs, int B, int T) {
                    (int)inputs[i], i, m->cfg.vocab_size);
 }
 
-/* Kernel timing for `mome bench --profile`: when m->prof is set, each call's wall time is added to its
- * category (the sums cover every thread's work, since kernels return when all threads are done). */
-#define TIMED(m, cat, call)                                   \
-    do {                                                      \
-        const double t0_ = (m)->prof ? mome_now() : 0.0;      \
-        call;                                                 \
-        if ((m)->prof) (m)->prof[cat] += mome_now() - t0_;    \
-    } while (0)
+#define TIMED(m, cat, call) MOME_TIMED((m)->prof, cat, call)
 
 /* ---------------------------------------------------------------------------------- parallel MoE layer */
 
@@ -751,12 +747,43 @@ const char *const mome_prof_names[MOME_PROF_N] = {"embedding", "layernorm", "att
                                                    "residual",  "ffn",       "alltoall",    "head",
                                                    "memset"};
 
+/* The block.h views of layer l: its weights (from a layer_view), its saved activations (slot ul of the stacked
+ * buffers) and the shared scratch. */
+static mome_block_weights block_weights(const layer_view *v) {
+    const mome_block_weights w = {v->ln1w, v->ln1b, v->qkvw, v->qkvb, v->attprojw, v->attprojb,
+                                  v->ln2w, v->ln2b, v->fcw,  v->fcb,  v->fcprojw,  v->fcprojb};
+    return w;
+}
+
+static mome_block_acts block_acts(const mome_gpt *m, size_t ul) {
+    const mome_gpt_acts *a = m->acts;
+    const size_t C = (size_t)m->cfg.d_model, F = (size_t)m->cfg.d_ff, cap = a->cap_bt;
+    const size_t att_cap = (size_t)m->max_B * (size_t)m->cfg.n_head * (size_t)m->max_T * (size_t)m->max_T;
+    mome_block_acts b = {
+        .ln1 = a->ln1 + ul * cap * C,       .ln1_mean = a->ln1_mean + ul * cap, .ln1_rstd = a->ln1_rstd + ul * cap,
+        .qkv = a->qkv + ul * cap * 3 * C,   .atty = a->atty + ul * cap * C,     .att = a->att + ul * att_cap,
+        .res2 = a->res2 + ul * cap * C,     .ln2 = a->ln2 + ul * cap * C,       .ln2_mean = a->ln2_mean + ul * cap,
+        .ln2_rstd = a->ln2_rstd + ul * cap, .res3 = a->res3 + ul * cap * C,
+    };
+    if (a->fch) {
+        b.fch = a->fch + ul * cap * F;
+        b.fch_gelu = a->fch_gelu + ul * cap * F;
+    }
+    return b;
+}
+
+static mome_block_scratch block_scratch(const mome_gpt *m) {
+    const mome_gpt_acts *a = m->acts;
+    const mome_block_scratch s = {a->proj, a->dln, a->datty, a->dqkv, a->dfch, a->dfch_gelu, a->scratch,
+                                  a->n_scratch};
+    return s;
+}
+
 void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
     check_call(m, inputs, B, T);
     mome_gpt_acts *a = m->acts;
     const int L = m->cfg.n_layer, C = m->cfg.d_model, F = m->cfg.d_ff, NH = m->cfg.n_head, V = m->cfg.vocab_size;
-    const size_t BT = (size_t)B * (size_t)T, cap = a->cap_bt;
-    const size_t att_cap = (size_t)m->max_B * NH * (size_t)m->max_T * (size_t)m->max_T;
+    const size_t BT = (size_t)B * (size_t)T;
 
     const int E = m->cfg.n_experts;
     const int par = E > 0 && (m->dp_global || m->ep);
@@ -767,37 +794,25 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
     size_t n_assign = 0, n_dropped = 0;
 
     layer_view p0 = view_of(m, m->params, 0);
+    const mome_block_scratch sc = block_scratch(m);
     TIMED(m, MOME_PROF_EMBED, mome_encoder_forward(a->encoded, inputs, p0.wte, p0.wpe, B, T, C));
     const float *x = a->encoded; // (B,T,C) input of the current layer
     for (int l = 0; l < L; l++) {
         layer_view p = view_of(m, m->params, l);
+        const mome_block_weights w = block_weights(&p);
         /* activation slot of this layer; inference reuses slot 0 (res3 then overwrites this layer's input x
          * only after its last use, in the first residual add) */
-        const size_t ul = m->inference ? 0 : (size_t)l;
-        float *ln1 = a->ln1 + ul * cap * C, *ln1_mean = a->ln1_mean + ul * cap, *ln1_rstd = a->ln1_rstd + ul * cap;
-        float *qkv = a->qkv + ul * cap * 3 * C, *atty = a->atty + ul * cap * C, *att = a->att + ul * att_cap;
-        float *res2 = a->res2 + ul * cap * C, *ln2 = a->ln2 + ul * cap * C;
-        float *ln2_mean = a->ln2_mean + ul * cap, *ln2_rstd = a->ln2_rstd + ul * cap;
-        float *res3 = a->res3 + ul * cap * C;
-
-        TIMED(m, MOME_PROF_LAYERNORM, mome_layernorm_forward(ln1, ln1_mean, ln1_rstd, x, p.ln1w, p.ln1b, BT, C));
-        TIMED(m, MOME_PROF_ATTN_LINEAR, mome_matmul_forward(qkv, ln1, p.qkvw, p.qkvb, BT, C, 3 * C));
-        TIMED(m, MOME_PROF_ATTENTION, mome_attention_forward(atty, att, qkv, B, T, C, NH));
-        TIMED(m, MOME_PROF_ATTN_LINEAR, mome_matmul_forward(a->proj, atty, p.attprojw, p.attprojb, BT, C, C));
-        TIMED(m, MOME_PROF_RESIDUAL, mome_residual_forward(res2, x, a->proj, BT * C));
-        TIMED(m, MOME_PROF_LAYERNORM, mome_layernorm_forward(ln2, ln2_mean, ln2_rstd, res2, p.ln2w, p.ln2b, BT, C));
+        const mome_block_acts ba = block_acts(m, m->inference ? 0 : (size_t)l);
+        mome_block_attn_forward(&w, &ba, &sc, x, B, T, C, NH, m->prof);
         if (a->n_moe == 0) {
-            float *fch = a->fch + ul * cap * F, *fch_gelu = a->fch_gelu + ul * cap * F;
-            TIMED(m, MOME_PROF_FFN, mome_matmul_forward(fch, ln2, p.fcw, p.fcb, BT, C, F));
-            TIMED(m, MOME_PROF_FFN, mome_gelu_forward(fch_gelu, fch, BT * F));
-            TIMED(m, MOME_PROF_FFN, mome_matmul_forward(a->proj, fch_gelu, p.fcprojw, p.fcprojb, BT, F, C));
+            mome_block_mlp_forward(&w, &ba, &sc, B, T, C, F, m->prof);
         } else {
             mome_moe *moe = &a->moe[l];
             moe->p = p.moe;
             if (par)
-                TIMED(m, MOME_PROF_FFN, moe_forward_par(m, l, moe, a->proj, ln2, BT));
+                TIMED(m, MOME_PROF_FFN, moe_forward_par(m, l, moe, a->proj, ba.ln2, BT));
             else
-                TIMED(m, MOME_PROF_FFN, mome_moe_forward(moe, a->proj, ln2, BT));
+                TIMED(m, MOME_PROF_FFN, mome_moe_forward(moe, a->proj, ba.ln2, BT));
             const mome_moe_stats *st = &moe->stats;
             aux += st->aux_loss;
             z += st->z_loss;
@@ -805,8 +820,8 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
             n_dropped += st->n_dropped;
             for (int e = 0; e < E; e++) m->expert_load[(size_t)l * (size_t)E + (size_t)e] = st->load[e];
         }
-        TIMED(m, MOME_PROF_RESIDUAL, mome_residual_forward(res3, res2, a->proj, BT * C));
-        x = res3;
+        mome_block_residual_forward(&ba, &sc, B, T, C, m->prof);
+        x = ba.res3;
     }
     TIMED(m, MOME_PROF_LAYERNORM, mome_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, x, p0.lnfw, p0.lnfb, BT, C));
     TIMED(m, MOME_PROF_HEAD, mome_matmul_forward(m->logits, a->lnf, p0.wte, NULL, BT, C, V));
@@ -827,7 +842,6 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
     mome_gpt_acts *a = m->acts;
     const int L = m->cfg.n_layer, C = m->cfg.d_model, F = m->cfg.d_ff, NH = m->cfg.n_head, V = m->cfg.vocab_size;
     const size_t BT = (size_t)B * (size_t)T, cap = a->cap_bt;
-    const size_t att_cap = (size_t)m->max_B * NH * (size_t)m->max_T * (size_t)m->max_T;
     const size_t fC = BT * (size_t)C * sizeof(float);
 
     layer_view p0 = view_of(m, m->params, 0), g0 = view_of(m, m->grads, 0);
@@ -838,45 +852,26 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
     TIMED(m, MOME_PROF_LAYERNORM,
           mome_layernorm_backward(a->dres, g0.lnfw, g0.lnfb, a->dln, xL, p0.lnfw, a->lnf_mean, a->lnf_rstd, BT, C));
 
+    const mome_block_scratch sc = block_scratch(m);
     for (int l = L - 1; l >= 0; l--) {
         layer_view p = view_of(m, m->params, l), g = view_of(m, m->grads, l);
-        const size_t ul = (size_t)l;
-        const float *x = l == 0 ? a->encoded : a->res3 + (ul - 1) * cap * C;
-        const float *ln1 = a->ln1 + ul * cap * C, *ln1_mean = a->ln1_mean + ul * cap;
-        const float *ln1_rstd = a->ln1_rstd + ul * cap;
-        const float *qkv = a->qkv + ul * cap * 3 * C, *atty = a->atty + ul * cap * C, *att = a->att + ul * att_cap;
-        const float *res2 = a->res2 + ul * cap * C, *ln2 = a->ln2 + ul * cap * C;
-        const float *ln2_mean = a->ln2_mean + ul * cap, *ln2_rstd = a->ln2_rstd + ul * cap;
-
-        // dres holds d(res3); res3 = res2 + fcproj, so it is also d(fcproj) and the first part of d(res2)
+        const mome_block_weights w = block_weights(&p), gw = block_weights(&g);
+        const mome_block_acts ba = block_acts(m, (size_t)l);
+        const float *x = l == 0 ? a->encoded : a->res3 + ((size_t)l - 1) * cap * C;
+        // dres holds d(res3); the FFN writes d(ln2) to dln
         if (a->n_moe == 0) {
-            const float *fch = a->fch + ul * cap * F, *fch_gelu = a->fch_gelu + ul * cap * F;
-            TIMED(m, MOME_PROF_FFN,
-                  mome_matmul_backward_to(a->dfch_gelu, g.fcprojw, g.fcprojb, a->dres, fch_gelu, p.fcprojw, BT, F, C));
-            TIMED(m, MOME_PROF_FFN, mome_gelu_backward_to(a->dfch, fch, a->dfch_gelu, BT * F));
-            TIMED(m, MOME_PROF_FFN, mome_matmul_backward_to(a->dln, g.fcw, g.fcb, a->dfch, ln2, p.fcw, BT, C, F));
+            mome_block_mlp_backward(&gw, &w, &ba, &sc, a->dres, B, T, C, F, m->prof);
         } else {
             mome_moe *moe = &a->moe[l];
             moe->p = p.moe;
             moe->g = g.moe;
             TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
             if (m->dp_global || m->ep)
-                TIMED(m, MOME_PROF_FFN, moe_backward_par(m, l, moe, a->dln, a->dres, ln2, BT, aux_grad_scale));
+                TIMED(m, MOME_PROF_FFN, moe_backward_par(m, l, moe, a->dln, a->dres, ba.ln2, BT, aux_grad_scale));
             else
-                TIMED(m, MOME_PROF_FFN, mome_moe_backward(moe, a->dln, a->dres, ln2, BT, aux_grad_scale));
+                TIMED(m, MOME_PROF_FFN, mome_moe_backward(moe, a->dln, a->dres, ba.ln2, BT, aux_grad_scale));
         }
-        TIMED(m, MOME_PROF_LAYERNORM,
-              mome_layernorm_backward(a->dres, g.ln2w, g.ln2b, a->dln, res2, p.ln2w, ln2_mean, ln2_rstd, BT, C));
-        // dres now holds d(res2); res2 = x + attproj
-        TIMED(m, MOME_PROF_ATTN_LINEAR,
-              mome_matmul_backward_to(a->datty, g.attprojw, g.attprojb, a->dres, atty, p.attprojw, BT, C, C));
-        TIMED(m, MOME_PROF_MEMSET, memset(a->dqkv, 0, 3 * fC));
-        TIMED(m, MOME_PROF_ATTENTION,
-              mome_attention_backward(a->dqkv, a->scratch, a->n_scratch, a->datty, qkv, att, B, T, C, NH));
-        TIMED(m, MOME_PROF_ATTN_LINEAR,
-              mome_matmul_backward_to(a->dln, g.qkvw, g.qkvb, a->dqkv, ln1, p.qkvw, BT, C, 3 * C));
-        TIMED(m, MOME_PROF_LAYERNORM,
-              mome_layernorm_backward(a->dres, g.ln1w, g.ln1b, a->dln, x, p.ln1w, ln1_mean, ln1_rstd, BT, C));
+        mome_block_attn_backward(&gw, &w, &ba, &sc, x, a->dres, B, T, C, NH, m->prof);
         // dres now holds d(x), the gradient of this layer's input
     }
     TIMED(m, MOME_PROF_EMBED, mome_encoder_backward(g0.wte, g0.wpe, a->dres, inputs, B, T, C));
