@@ -18,6 +18,7 @@
 #include "mome/data.h"
 #include "mome/distill.h"
 #include "mome/monitor_view.h"
+#include "mome/route.h"
 #include "mome/tokenizer.h"
 #include "mome/train.h"
 
@@ -43,6 +44,8 @@ static const char *usage_main =
     "                            sample a continuation\n"
     "  teacher cache CONFIG [section.key=value ...]\n"
     "                            write the teacher's top-k targets for every sample of a run (placement=cache)\n"
+    "  route train --data DIR --out ROUTER.h5 | route predict ROUTER.h5 [FILE] | route eval ROUTER.h5 FILE\n"
+    "                            the domain router (TF-IDF character n-grams, logistic regression)\n"
     "  monitor RUN_DIR | ENDPOINT [--json] [--timeout S] [--server-key KEY]\n"
     "                            watch a run live (its ZeroMQ stream); plain lines when not a terminal\n"
     "  bench [--threads N] [--steps N] [--student|--teacher] [--profile]\n"
@@ -530,6 +533,7 @@ int main(int argc, char **argv) {
     if (strcmp(verb, "teacher") == 0) return cmd_teacher(argc - 1, argv + 1);
     if (strcmp(verb, "bench") == 0) return cmd_bench(argc - 1, argv + 1);
     if (strcmp(verb, "monitor") == 0) return mome_monitor_main(argc - 1, argv + 1);
+    if (strcmp(verb, "route") == 0) return mome_route_main(argc - 1, argv + 1);
     fprintf(stderr, "mome: unknown verb '%s'\n\n%s", verb, usage_main);
     return EXIT_USAGE;
 }
