@@ -1,4 +1,4 @@
-/* dump.h — the small HDF5 writer the dump tools share (tests/tools/modular_dump.c and others): plain HDF5
+/* dump.h — the small HDF5 writer the dump tools share (gpt_dump, kd_dump, modular_dump): plain HDF5
  * calls, no h5io, so the reference checks stay independent of the checkpoint code. Each tool sets dump_file and
  * dump_tool first. */
 #ifndef MOME_TEST_DUMP_H
@@ -13,14 +13,14 @@
 static hid_t dump_file = -1;
 static const char *dump_tool = "dump";
 
-static void dump_die(const char *what, const char *name) {
+static inline void dump_die(const char *what, const char *name) {
     fprintf(stderr, "%s: %s failed for '%s'\n", dump_tool, what, name);
     if (dump_file >= 0) H5Fclose(dump_file);
     exit(1);
 }
 
 /* Writes a dataset name (intermediate groups created) of the given type and shape. */
-static void dump_write(const char *name, hid_t type, int ndim, const hsize_t *dims, const void *data) {
+static inline void dump_write(const char *name, hid_t type, int ndim, const hsize_t *dims, const void *data) {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     if (lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0) dump_die("H5Pcreate(link)", name);
     hid_t space = H5Screate_simple(ndim, dims, NULL);
@@ -34,7 +34,7 @@ static void dump_write(const char *name, hid_t type, int ndim, const hsize_t *di
 }
 
 /* Writes every tensor of the table from buf under prefix/<name>, in its table shape. */
-static void dump_tensors(const char *prefix, const mome_tensor_table *tab, const float *buf) {
+static inline void dump_tensors(const char *prefix, const mome_tensor_table *tab, const float *buf) {
     for (int k = 0; k < tab->n; k++) {
         const mome_tensor_info *ti = &tab->t[k];
         char name[160];

@@ -13,7 +13,7 @@
  *   grads/<name>  float32, d(loss)/d(param) at the initial parameters
  *   train/loss, train/lr, train/grad_norm  float64 (n_steps,): per step, before its update
  *   final_params/<name>  float32 after n_steps AdamW updates on the same batch
- * Plain HDF5 calls (no h5io dependency) so this tool stays independent of the checkpoint code.
+ * Plain HDF5 calls (dump.h, no h5io) so this tool stays independent of the checkpoint code.
  */
 #include <hdf5.h>
 #include <math.h>
@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump.h"
 #include "mome/common.h"
 #include "mome/loss.h"
 #include "mome/model.h"
@@ -29,40 +30,8 @@
 
 #define NSTEPS 10
 
-static hid_t g_file = -1;
-
-static void die(const char *what, const char *name) {
-    fprintf(stderr, "gpt_dump: %s failed for '%s'\n", what, name);
-    if (g_file >= 0) H5Fclose(g_file);
-    exit(1);
-}
-
-static void write_ds(const char *name, hid_t type, int ndim, const hsize_t *dims, const void *data) {
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    if (lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0) die("H5Pcreate(link)", name);
-    hid_t space = H5Screate_simple(ndim, dims, NULL);
-    if (space < 0) die("H5Screate_simple", name);
-    hid_t ds = H5Dcreate2(g_file, name, type, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    if (ds < 0) die("H5Dcreate2", name);
-    if (H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) die("H5Dwrite", name);
-    H5Dclose(ds);
-    H5Sclose(space);
-    H5Pclose(lcpl);
-}
-
-/* Writes every tensor of the table from buf under prefix/<name>. */
-static void write_tensors(const char *prefix, const mome_tensor_table *tab, const float *buf) {
-    for (int k = 0; k < tab->n; k++) {
-        const mome_tensor_info *ti = &tab->t[k];
-        char name[160];
-        snprintf(name, sizeof name, "%s/%s", prefix, ti->name);
-        hsize_t dims[MOME_MAX_DIMS];
-        for (int d = 0; d < ti->ndim; d++) dims[d] = ti->shape[d];
-        write_ds(name, H5T_NATIVE_FLOAT, ti->ndim, dims, buf + ti->offset);
-    }
-}
-
 int main(int argc, char **argv) {
+    dump_tool = "gpt_dump";
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUT.h5\n", argv[0]);
         return 2;
@@ -99,27 +68,27 @@ int main(int argc, char **argv) {
     }
 
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    g_file = H5Fcreate(argv[1], H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (g_file < 0) die("H5Fcreate", argv[1]);
+    dump_file = H5Fcreate(argv[1], H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (dump_file < 0) dump_die("H5Fcreate", argv[1]);
 
     const int64_t conf[9] = {cfg.vocab_size, cfg.seq_len, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_ff, B, T,
                              NSTEPS};
     hsize_t d1 = 9;
-    write_ds("config", H5T_NATIVE_INT64, 1, &d1, conf);
+    dump_write("config", H5T_NATIVE_INT64, 1, &d1, conf);
     const double oarr[9] = {oc.lr, oc.min_lr, oc.warmup_steps, oc.total_steps, oc.beta1, oc.beta2, oc.eps,
                             oc.weight_decay, oc.grad_clip};
-    write_ds("optim", H5T_NATIVE_DOUBLE, 1, &d1, oarr);
-    write_tensors("params", &m.table, m.params);
+    dump_write("optim", H5T_NATIVE_DOUBLE, 1, &d1, oarr);
+    dump_tensors("params", &m.table, m.params);
     for (int k = 0; k < m.table.n; k++) {
         char name[160];
         snprintf(name, sizeof name, "decay/%s", m.table.t[k].name);
         const int64_t dec = m.table.t[k].decay;
         hsize_t one = 1;
-        write_ds(name, H5T_NATIVE_INT64, 1, &one, &dec);
+        dump_write(name, H5T_NATIVE_INT64, 1, &one, &dec);
     }
     hsize_t dbt[2] = {(hsize_t)B, (hsize_t)T};
-    write_ds("inputs", H5T_NATIVE_INT32, 2, dbt, inputs);
-    write_ds("targets", H5T_NATIVE_INT32, 2, dbt, targets);
+    dump_write("inputs", H5T_NATIVE_INT32, 2, dbt, inputs);
+    dump_write("targets", H5T_NATIVE_INT32, 2, dbt, targets);
 
     double losses[NSTEPS], lrs[NSTEPS], norms[NSTEPS];
     for (int step = 0; step < NSTEPS; step++) {
@@ -127,7 +96,7 @@ int main(int argc, char **argv) {
         mome_gpt_forward(&m, inputs, B, T);
         if (step == 0) {
             hsize_t dl[3] = {(hsize_t)B, (hsize_t)T, (hsize_t)cfg.vocab_size};
-            write_ds("logits", H5T_NATIVE_FLOAT, 3, dl, m.logits);
+            dump_write("logits", H5T_NATIVE_FLOAT, 3, dl, m.logits);
         }
         size_t nv = 0;
         const double sum = mome_xent_forward_backward(m.logits, targets, BT, cfg.vocab_size, 1.0f / (float)BT, &nv);
@@ -135,8 +104,8 @@ int main(int argc, char **argv) {
         mome_gpt_backward(&m, inputs, B, T);
         if (step == 0) {
             hsize_t one = 1;
-            write_ds("loss", H5T_NATIVE_DOUBLE, 1, &one, &losses[0]);
-            write_tensors("grads", &m.table, m.grads);
+            dump_write("loss", H5T_NATIVE_DOUBLE, 1, &one, &losses[0]);
+            dump_tensors("grads", &m.table, m.grads);
         }
         norms[step] = mome_grad_norm(m.grads, m.table.total);
         /* the clip factor of torch.nn.utils.clip_grad_norm_ */
@@ -151,11 +120,11 @@ int main(int argc, char **argv) {
                norms[step], (double)scale);
     }
     hsize_t dn = NSTEPS;
-    write_ds("train/loss", H5T_NATIVE_DOUBLE, 1, &dn, losses);
-    write_ds("train/lr", H5T_NATIVE_DOUBLE, 1, &dn, lrs);
-    write_ds("train/grad_norm", H5T_NATIVE_DOUBLE, 1, &dn, norms);
-    write_tensors("final_params", &m.table, m.params);
-    if (H5Fclose(g_file) < 0) die("H5Fclose", argv[1]);
+    dump_write("train/loss", H5T_NATIVE_DOUBLE, 1, &dn, losses);
+    dump_write("train/lr", H5T_NATIVE_DOUBLE, 1, &dn, lrs);
+    dump_write("train/grad_norm", H5T_NATIVE_DOUBLE, 1, &dn, norms);
+    dump_tensors("final_params", &m.table, m.params);
+    if (H5Fclose(dump_file) < 0) dump_die("H5Fclose", argv[1]);
 
     mome_adamw_free(&opt);
     mome_free(inputs);

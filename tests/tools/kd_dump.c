@@ -18,32 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump.h"
 #include "mome/common.h"
 #include "mome/kd.h"
 #include "mome/rng.h"
 
-static hid_t g_file = -1;
-
-static void die(const char *what, const char *name) {
-    fprintf(stderr, "kd_dump: %s failed for '%s'\n", what, name);
-    if (g_file >= 0) H5Fclose(g_file);
-    exit(1);
-}
-
-static void write_ds(const char *name, hid_t type, int ndim, const hsize_t *dims, const void *data) {
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    if (lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0) die("H5Pcreate(link)", name);
-    hid_t space = H5Screate_simple(ndim, dims, NULL);
-    if (space < 0) die("H5Screate_simple", name);
-    hid_t ds = H5Dcreate2(g_file, name, type, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    if (ds < 0) die("H5Dcreate2", name);
-    if (H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) die("H5Dwrite", name);
-    H5Dclose(ds);
-    H5Sclose(space);
-    H5Pclose(lcpl);
-}
-
 int main(int argc, char **argv) {
+    dump_tool = "kd_dump";
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUT.h5\n", argv[0]);
         return 2;
@@ -73,19 +54,19 @@ int main(int argc, char **argv) {
     }
 
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    g_file = H5Fcreate(argv[1], H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (g_file < 0) die("H5Fcreate", argv[1]);
+    dump_file = H5Fcreate(argv[1], H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (dump_file < 0) dump_die("H5Fcreate", argv[1]);
     const int64_t conf[3] = {(int64_t)N, V, k};
     hsize_t d3 = 3, d5 = 5, dn = N, dnv[2] = {N, (hsize_t)V}, dnk[2] = {N, (hsize_t)k};
-    write_ds("config", H5T_NATIVE_INT64, 1, &d3, conf);
+    dump_write("config", H5T_NATIVE_INT64, 1, &d3, conf);
     const double par[5] = {T, w_ce, w_kd, grad_scale, MOME_KD_TAIL_FLOOR};
-    write_ds("params", H5T_NATIVE_DOUBLE, 1, &d5, par);
-    write_ds("student", H5T_NATIVE_FLOAT, 2, dnv, z);
-    write_ds("teacher", H5T_NATIVE_FLOAT, 2, dnv, t);
-    write_ds("targets", H5T_NATIVE_INT32, 1, &dn, tg);
-    write_ds("topk/ids", H5T_NATIVE_INT32, 2, dnk, ids);
-    write_ds("topk/logp", H5T_NATIVE_FLOAT, 2, dnk, lp);
-    write_ds("topk/tail", H5T_NATIVE_FLOAT, 1, &dn, tail);
+    dump_write("params", H5T_NATIVE_DOUBLE, 1, &d5, par);
+    dump_write("student", H5T_NATIVE_FLOAT, 2, dnv, z);
+    dump_write("teacher", H5T_NATIVE_FLOAT, 2, dnv, t);
+    dump_write("targets", H5T_NATIVE_INT32, 1, &dn, tg);
+    dump_write("topk/ids", H5T_NATIVE_INT32, 2, dnk, ids);
+    dump_write("topk/logp", H5T_NATIVE_FLOAT, 2, dnk, lp);
+    dump_write("topk/tail", H5T_NATIVE_FLOAT, 1, &dn, tail);
 
     for (int fmt = 0; fmt < 2; fmt++)
         for (int dir = 0; dir < 2; dir++) {
@@ -101,11 +82,11 @@ int main(int argc, char **argv) {
             const char *cs = fmt ? "topk" : "full", *ds = dir ? "reverse" : "forward";
             const double sums[5] = {s.loss, s.ce_sum, s.kl_sum, (double)s.n_valid, (double)s.n_kd};
             snprintf(name, sizeof name, "%s_%s/sums", cs, ds);
-            write_ds(name, H5T_NATIVE_DOUBLE, 1, &d5, sums);
+            dump_write(name, H5T_NATIVE_DOUBLE, 1, &d5, sums);
             snprintf(name, sizeof name, "%s_%s/grad", cs, ds);
-            write_ds(name, H5T_NATIVE_FLOAT, 2, dnv, g);
+            dump_write(name, H5T_NATIVE_FLOAT, 2, dnv, g);
         }
-    if (H5Fclose(g_file) < 0) die("H5Fclose", argv[1]);
+    if (H5Fclose(dump_file) < 0) dump_die("H5Fclose", argv[1]);
     mome_free(z);
     mome_free(t);
     mome_free(g);
