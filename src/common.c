@@ -235,6 +235,10 @@ int mome_write_file_atomic(const char *path, const void *data, size_t len) {
         return rc;
     }
     mome_free(tmp);
+    return mome_fsync_parent(path);
+}
+
+int mome_fsync_parent(const char *path) {
     char *dcopy = mome_strdup(path);
     int rc = mome_fsync_dir(dirname(dcopy));
     mome_free(dcopy);

@@ -568,16 +568,7 @@ int mome_router_save(const mome_router *r, const char *path) {
         unlink(tmp);
         return mome_error_wrap(rc, "saving router %s", path);
     }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) {
-        if (slash == dir) slash[1] = 0;
-        else *slash = 0;
-    } else {
-        snprintf(dir, sizeof dir, ".");
-    }
-    mome_fsync_dir(dir);
+    mome_fsync_parent(path); /* best effort, as before: the file itself is complete */
     return MOME_OK;
 }
 

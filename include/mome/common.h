@@ -101,6 +101,8 @@ int mome_write_file_atomic(const char *path, const void *data, size_t len);
 int mome_mkdirs(const char *path);
 /* fsync a directory (after a rename into it). */
 int mome_fsync_dir(const char *dir);
+/* fsync the directory that holds path ("." for a bare name), so a rename into it survives a crash. */
+int mome_fsync_parent(const char *path);
 
 #ifdef __cplusplus
 }
