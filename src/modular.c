@@ -1,11 +1,14 @@
-/* modular.c — the modular student (modular.h) on one process: shared embedding and head, expert trunks and an
- * optional common trunk, each a stack of block.h blocks run over the sequences routed to it.
+/* modular.c — the modular student (modular.h): shared embedding and head, expert trunks and an optional common
+ * trunk, each a stack of block.h blocks run over the sequences routed to it.
  *
- * A trunk gathers its sequences (in batch order) into its own input buffer, runs its blocks with activations
- * saved per trunk and layer (room for every sequence in every trunk: averaging sends all of them to all trunks),
- * and its outputs are added, weighted 1 / (number of trunks the sequence went through), into the hidden state
- * before ln_f. Backward runs the same way in reverse and scatters each trunk's input gradient back to the
- * sequences' rows. Where trunks live when there are several ranks is left to the caller.
+ * Forward: the embedded sequences are packed into a send buffer grouped by expert trunk (a sequence averaged over
+ * all trunks appears once per trunk); with a dispatch the rows travel to the ranks holding their trunks, without
+ * one the send buffer is the receive buffer. Each local trunk runs its blocks over its contiguous block of rows
+ * with activations saved per trunk and layer (buffers grow to the most rows a trunk has received); the outputs go
+ * back in send order and are added, weighted 1 / (number of trunks the sequence went through), into the hidden
+ * state, together with the common trunk's output computed locally on every sequence. Backward sends the weighted
+ * output gradients the same way, runs the trunks backward in place on the received gradient rows, and sends the
+ * input gradients back to be scattered onto the sequences' rows.
  */
 #include "mome/modular.h"
 
@@ -58,10 +61,11 @@ int mome_modular_config_check(const mome_modular_config *c) {
     return MOME_OK;
 }
 
-void mome_modular_table(const mome_modular_config *c, mome_tensor_table *tab) {
+/* The table with `count` expert trunks. */
+static void table_with(const mome_modular_config *c, int count, mome_tensor_table *tab) {
     memset(tab, 0, sizeof *tab);
     const size_t V = (size_t)c->vocab_size, Tm = (size_t)c->seq_len, C = (size_t)c->d_model;
-    const size_t L = (size_t)c->trunk_layers, E = (size_t)c->n_experts;
+    const size_t L = (size_t)c->trunk_layers, E = (size_t)count;
     const size_t s_wte[2] = {V, C}, s_wpe[2] = {Tm, C}, s_c[1] = {C};
     mome_tensor_table_add(tab, "wte", 2, s_wte, 1);
     mome_tensor_table_add(tab, "wpe", 2, s_wpe, 0);
@@ -85,38 +89,94 @@ void mome_modular_table(const mome_modular_config *c, mome_tensor_table *tab) {
     }
 }
 
+void mome_modular_table(const mome_modular_config *c, mome_tensor_table *tab) { table_with(c, c->n_experts, tab); }
+
+/* The activations of one trunk for up to `cap` sequences of max_T tokens: its blocks' saved values. */
+typedef struct {
+    int cap;                 /* sequences */
+    float *mem;              /* one allocation behind every block */
+    mome_block_acts *blocks; /* (L) */
+} trunk_acts;
+
 struct mome_modular_acts {
-    size_t cap;               /* max_B * max_T rows */
-    int n_trunks;             /* experts, then the common trunk */
-    mome_block_acts *blocks;  /* (n_trunks, L) */
-    float *trunk_in;          /* (n_trunks, cap, C) each trunk's gathered input */
-    int32_t *seqs;            /* (n_trunks, max_B) the sequences each trunk ran, in batch order */
-    int *n_seqs;              /* (n_trunks) */
-    float *weight;            /* (max_B) 1 / number of trunks each sequence went through */
-    float *encoded, *h, *lnf, *lnf_mean, *lnf_rstd; /* (cap, C), (cap) */
-    float *dh, *dx, *dres;    /* (cap, C) */
-    mome_block_scratch scratch;
-    float *block_mem;         /* one allocation behind every block's saved activations */
+    int n_trunks;            /* local experts, then the common trunk */
+    trunk_acts *trunks;      /* (n_trunks) */
+    /* the plan of the last call */
+    int *send_counts;        /* (E) rows this rank sends to each global expert */
+    int32_t *send_seq;       /* (max_B * E) sequence of each send row, grouped by expert */
+    int n_send;
+    int *local_rows, *local_first; /* (n_local), (n_local + 1): the received rows of each local trunk */
+    int n_recv;
+    float *weight;           /* (max_B) 1 / number of trunks each sequence went through */
+    int common_on;           /* the common trunk ran */
+    /* dispatch rows (row = T*C floats); grown on demand */
+    size_t cap_send, cap_recv; /* rows */
+    float *send, *recv, *out, *back, *scratch; /* send/back (cap_send), recv/out/scratch (cap_recv) */
+    float *encoded, *h, *lnf, *lnf_mean, *lnf_rstd; /* (max_B*T, C), (max_B*T) */
+    float *dh, *dx, *dres;   /* (max_B*T, C) */
+    int scratch_cap;         /* sequences the block scratch holds */
+    mome_block_scratch bs;
+    /* per trunk tensor k: offset of "experts/k" and "common/k" (0 when absent), floats of one layer */
+    size_t expert_off[TR_N], common_off[TR_N], per_layer[TR_N];
 };
+
+static void block_scratch_free(mome_block_scratch *s) {
+    void *bufs[] = {s->proj, s->dln, s->datty, s->dqkv, s->dfch, s->dfch_gelu, s->att_scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mome_free(bufs[i]);
+    memset(s, 0, sizeof *s);
+}
 
 static void acts_free(mome_modular_acts *a) {
     if (!a) return;
-    void *bufs[] = {a->blocks,   a->trunk_in, a->seqs,     a->n_seqs,   a->weight,         a->encoded,
-                    a->h,        a->lnf,      a->lnf_mean, a->lnf_rstd, a->dh,             a->dx,
-                    a->dres,     a->block_mem, a->scratch.proj, a->scratch.dln, a->scratch.datty, a->scratch.dqkv,
-                    a->scratch.dfch, a->scratch.dfch_gelu, a->scratch.att_scratch};
+    for (int t = 0; t < a->n_trunks; t++) {
+        mome_free(a->trunks[t].mem);
+        mome_free(a->trunks[t].blocks);
+    }
+    block_scratch_free(&a->bs);
+    void *bufs[] = {a->trunks, a->send_counts, a->send_seq, a->local_rows, a->local_first, a->weight,
+                    a->send,   a->recv,        a->out,      a->back,       a->scratch,     a->encoded,
+                    a->h,      a->lnf,         a->lnf_mean, a->lnf_rstd,   a->dh,          a->dx,
+                    a->dres};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mome_free(bufs[i]);
     mome_free(a);
 }
 
-int mome_modular_init(mome_modular *m, const mome_modular_config *cfg) {
+int mome_modular_init_experts(mome_modular *m, const mome_modular_config *cfg, int first, int count) {
     memset(m, 0, sizeof *m);
     int rc = mome_modular_config_check(cfg);
     if (rc) return rc;
+    if (first < 0 || count < 1 || first + count > cfg->n_experts)
+        return mome_error_set(MOME_ECONFIG, "modular: expert trunks [%d, %d) outside the model's %d", first,
+                              first + count, cfg->n_experts);
     m->cfg = *cfg;
-    mome_modular_table(cfg, &m->table);
+    m->expert_first = first;
+    m->expert_count = count;
+    m->use_common = 1;
+    table_with(cfg, count, &m->table);
+    const int idx = mome_tensor_table_find(&m->table, "experts/ln1_w");
+    MOME_CHECK(idx >= 0, "modular: no expert tensors");
+    m->n_dense = m->table.t[idx].offset;
     m->params = mome_calloc(m->table.total, sizeof(float));
     m->grads = mome_calloc(m->table.total, sizeof(float));
+    return MOME_OK;
+}
+
+int mome_modular_init(mome_modular *m, const mome_modular_config *cfg) {
+    return mome_modular_init_experts(m, cfg, 0, cfg->n_experts);
+}
+
+int mome_modular_set_dispatch(mome_modular *m, mome_dispatch *d) {
+    if (d && (d->n_experts != m->cfg.n_experts || d->first[d->rank] != m->expert_first ||
+              d->n_local != m->expert_count))
+        return mome_error_set(MOME_EINVAL,
+                              "modular: the dispatch gives this rank experts [%d, %d) of %d, the model holds [%d, %d) "
+                              "of %d",
+                              d->first[d->rank], d->first[d->rank] + d->n_local, d->n_experts, m->expert_first,
+                              m->expert_first + m->expert_count, m->cfg.n_experts);
+    if (!d && m->expert_count != m->cfg.n_experts)
+        return mome_error_set(MOME_EINVAL, "modular: %d of %d expert trunks here, a dispatch is needed",
+                              m->expert_count, m->cfg.n_experts);
+    m->dispatch = d;
     return MOME_OK;
 }
 
@@ -131,21 +191,16 @@ void mome_modular_free(mome_modular *m) {
 
 void mome_modular_zero_grad(mome_modular *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
 
-/* The weights (or gradients, base = m->grads) of layer l of trunk t: t < n_experts an expert, else the common. */
+
+/* The weights (or gradients, base = m->grads) of layer l of local trunk t: t < expert_count a local expert, else
+ * the common trunk. */
 static mome_block_weights trunk_weights(const mome_modular *m, float *base, int t, int l) {
-    const mome_modular_config *c = &m->cfg;
-    const int common = t == c->n_experts;
+    const mome_modular_acts *a = m->acts;
+    const int common = t == m->expert_count;
+    const size_t slot = (common ? 0 : (size_t)t * (size_t)m->cfg.trunk_layers) + (size_t)l;
     float *p[TR_N];
-    for (int k = 0; k < TR_N; k++) {
-        char name[MOME_TENSOR_NAME_MAX];
-        snprintf(name, sizeof name, "%s/%s", common ? "common" : "experts", trunk_names[k]);
-        const int idx = mome_tensor_table_find(&m->table, name);
-        MOME_CHECK(idx >= 0, "modular: tensor %s missing", name);
-        const mome_tensor_info *ti = &m->table.t[idx];
-        const size_t per_layer = ti->numel / ((common ? 1 : (size_t)c->n_experts) * (size_t)c->trunk_layers);
-        const size_t slot = (common ? 0 : (size_t)t * (size_t)c->trunk_layers) + (size_t)l;
-        p[k] = base + ti->offset + slot * per_layer;
-    }
+    for (int k = 0; k < TR_N; k++)
+        p[k] = base + (common ? a->common_off[k] : a->expert_off[k]) + slot * a->per_layer[k];
     const mome_block_weights w = {p[TR_LN1W], p[TR_LN1B], p[TR_QKVW], p[TR_QKVB], p[TR_PROJW], p[TR_PROJB],
                                   p[TR_LN2W], p[TR_LN2B], p[TR_FCW],  p[TR_FCB],  p[TR_FCPW],  p[TR_FCPB]};
     return w;
@@ -178,19 +233,96 @@ void mome_modular_init_weights(mome_modular *m, uint64_t seed) {
             continue;
         }
         if (s == 0.0f) continue; /* biases stay 0 */
-        /* stream (seed, tensor name, trunk, chunk): an expert trunk's values depend on its global id only */
-        const size_t n_slices = ti->expert_dim == 0 ? ti->shape[0] : 1, per = ti->numel / n_slices;
+        /* stream (seed, tensor name, global trunk id, chunk): a trunk's values do not depend on where it lives */
+        const int is_expert = ti->expert_dim == 0;
+        const size_t n_slices = is_expert ? ti->shape[0] : 1, per = ti->numel / n_slices;
         const uint64_t tag = mome_fnv1a(0x6d6f64, ti->name, strlen(ti->name));
         for (size_t e = 0; e < n_slices; e++) {
+            const uint64_t id = is_expert ? (uint64_t)m->expert_first + e : 0;
             const size_t nchunk = (per + INIT_CHUNK - 1) / INIT_CHUNK;
 #pragma omp parallel for schedule(static)
             for (size_t ch = 0; ch < nchunk; ch++) {
                 mome_rng rng;
-                mome_rng_stream(&rng, seed, tag + e, (uint64_t)ch);
+                mome_rng_stream(&rng, seed, tag + id, (uint64_t)ch);
                 const size_t j0 = ch * INIT_CHUNK, j1 = j0 + INIT_CHUNK < per ? j0 + INIT_CHUNK : per;
                 for (size_t j = j0; j < j1; j++) p[e * per + j] = s * mome_rng_normal(&rng);
             }
         }
+    }
+}
+
+/* Sizes trunk t's saved activations for `cap` sequences of max_T tokens (grow only). */
+static void trunk_reserve(mome_modular *m, trunk_acts *ta, int cap) {
+    if (cap <= ta->cap) return;
+    const mome_modular_config *c = &m->cfg;
+    const size_t C = (size_t)c->d_model, F = (size_t)c->d_ff, NH = (size_t)c->n_head, L = (size_t)c->trunk_layers;
+    const size_t rows = (size_t)cap * (size_t)m->max_T, TT = (size_t)m->max_T * (size_t)m->max_T;
+    /* per block: ln1, atty, res2, ln2, res3 (C each), qkv (3C), fch, fch_gelu (F each), 4 row stats, att */
+    const size_t per_block = rows * (8 * C + 2 * F + 4) + (size_t)cap * NH * TT;
+    mome_free(ta->mem);
+    ta->mem = mome_malloc(L * per_block * sizeof(float));
+    if (!ta->blocks) ta->blocks = mome_calloc(L, sizeof *ta->blocks);
+    for (size_t i = 0; i < L; i++) {
+        float *p = ta->mem + i * per_block;
+        mome_block_acts *b = &ta->blocks[i];
+        b->ln1 = p; p += rows * C;
+        b->ln1_mean = p; p += rows;
+        b->ln1_rstd = p; p += rows;
+        b->qkv = p; p += rows * 3 * C;
+        b->atty = p; p += rows * C;
+        b->res2 = p; p += rows * C;
+        b->ln2 = p; p += rows * C;
+        b->ln2_mean = p; p += rows;
+        b->ln2_rstd = p; p += rows;
+        b->fch = p; p += rows * F;
+        b->fch_gelu = p; p += rows * F;
+        b->res3 = p; p += rows * C;
+        b->att = p;
+    }
+    ta->cap = cap;
+}
+
+/* The block scratch for `cap` sequences (grow only). */
+static void scratch_reserve(mome_modular *m, int cap) {
+    mome_modular_acts *a = m->acts;
+    if (cap <= a->scratch_cap) return;
+    block_scratch_free(&a->bs);
+    const size_t C = (size_t)m->cfg.d_model, F = (size_t)m->cfg.d_ff, f = sizeof(float);
+    const size_t rows = (size_t)cap * (size_t)m->max_T, TT = (size_t)m->max_T * (size_t)m->max_T;
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    a->bs = (mome_block_scratch){.proj = mome_malloc(rows * C * f),
+                                 .dln = mome_malloc(rows * C * f),
+                                 .datty = mome_malloc(rows * C * f),
+                                 .dqkv = mome_malloc(rows * 3 * C * f),
+                                 .dfch = mome_malloc(rows * F * f),
+                                 .dfch_gelu = mome_malloc(rows * F * f),
+                                 .att_scratch = mome_malloc((size_t)nt * TT * f),
+                                 .n_att_scratch = nt};
+    a->scratch_cap = cap;
+}
+
+/* Dispatch row buffers for n_send and n_recv rows (grow only; contents are not kept). */
+static void rows_reserve(mome_modular *m, size_t n_send, size_t n_recv) {
+    mome_modular_acts *a = m->acts;
+    const size_t row = (size_t)m->max_T * (size_t)m->cfg.d_model * sizeof(float);
+    if (n_send > a->cap_send) {
+        mome_free(a->send);
+        mome_free(a->back);
+        a->send = mome_malloc(n_send * row);
+        a->back = mome_malloc(n_send * row);
+        a->cap_send = n_send;
+    }
+    if (n_recv > a->cap_recv) {
+        mome_free(a->recv);
+        mome_free(a->out);
+        mome_free(a->scratch);
+        a->recv = mome_malloc(n_recv * row);
+        a->out = mome_malloc(n_recv * row);
+        a->scratch = mome_malloc(n_recv * row);
+        a->cap_recv = n_recv;
     }
 }
 
@@ -202,57 +334,40 @@ int mome_modular_reserve(mome_modular *m, int B, int T) {
     if (m->acts && B <= m->max_B && T <= m->max_T) return MOME_OK;
     acts_free(m->acts);
     mome_free(m->logits);
-    const size_t C = (size_t)c->d_model, F = (size_t)c->d_ff, NH = (size_t)c->n_head, L = (size_t)c->trunk_layers;
-    const size_t cap = (size_t)B * (size_t)T, TT = (size_t)T * (size_t)T, f = sizeof(float);
+    m->max_B = B;
+    m->max_T = T;
+    const size_t C = (size_t)c->d_model, cap = (size_t)B * (size_t)T, f = sizeof(float);
+    const size_t E = (size_t)c->n_experts;
     mome_modular_acts *a = mome_calloc(1, sizeof *a);
-    a->cap = cap;
-    a->n_trunks = c->n_experts + c->common;
-    const size_t NT = (size_t)a->n_trunks;
-    /* per block: ln1, atty, res2, ln2, res3 (C each), qkv (3C), fch, fch_gelu (F each), 4 row stats, att */
-    const size_t per_block = cap * (8 * C + 2 * F + 4) + (size_t)B * NH * TT;
-    a->block_mem = mome_malloc(NT * L * per_block * f);
-    a->blocks = mome_calloc(NT * L, sizeof *a->blocks);
-    for (size_t i = 0; i < NT * L; i++) {
-        float *p = a->block_mem + i * per_block;
-        mome_block_acts *b = &a->blocks[i];
-        b->ln1 = p; p += cap * C;
-        b->ln1_mean = p; p += cap;
-        b->ln1_rstd = p; p += cap;
-        b->qkv = p; p += cap * 3 * C;
-        b->atty = p; p += cap * C;
-        b->res2 = p; p += cap * C;
-        b->ln2 = p; p += cap * C;
-        b->ln2_mean = p; p += cap;
-        b->ln2_rstd = p; p += cap;
-        b->fch = p; p += cap * F;
-        b->fch_gelu = p; p += cap * F;
-        b->res3 = p; p += cap * C;
-        b->att = p;
-    }
-    a->trunk_in = mome_malloc(NT * cap * C * f);
-    a->seqs = mome_malloc(NT * (size_t)B * sizeof *a->seqs);
-    a->n_seqs = mome_calloc(NT, sizeof *a->n_seqs);
+    m->acts = a;
+    a->n_trunks = m->expert_count + c->common;
+    a->trunks = mome_calloc((size_t)a->n_trunks, sizeof *a->trunks);
+    a->send_counts = mome_calloc(E, sizeof *a->send_counts);
+    a->send_seq = mome_malloc((size_t)B * E * sizeof *a->send_seq);
+    a->local_rows = mome_calloc((size_t)m->expert_count, sizeof *a->local_rows);
+    a->local_first = mome_calloc((size_t)m->expert_count + 1, sizeof *a->local_first);
     a->weight = mome_malloc((size_t)B * f);
     float **single[] = {&a->encoded, &a->h, &a->lnf, &a->dh, &a->dx, &a->dres};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++) *single[i] = mome_malloc(cap * C * f);
     a->lnf_mean = mome_malloc(cap * f);
     a->lnf_rstd = mome_malloc(cap * f);
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
-    a->scratch = (mome_block_scratch){.proj = mome_malloc(cap * C * f),
-                                      .dln = mome_malloc(cap * C * f),
-                                      .datty = mome_malloc(cap * C * f),
-                                      .dqkv = mome_malloc(cap * 3 * C * f),
-                                      .dfch = mome_malloc(cap * F * f),
-                                      .dfch_gelu = mome_malloc(cap * F * f),
-                                      .att_scratch = mome_malloc((size_t)nt * TT * f),
-                                      .n_att_scratch = nt};
-    m->acts = a;
+    for (int k = 0; k < TR_N; k++) {
+        char name[MOME_TENSOR_NAME_MAX];
+        snprintf(name, sizeof name, "experts/%s", trunk_names[k]);
+        const mome_tensor_info *ti = &m->table.t[mome_tensor_table_find(&m->table, name)];
+        a->expert_off[k] = ti->offset;
+        a->per_layer[k] = ti->numel / ((size_t)m->expert_count * (size_t)c->trunk_layers);
+        snprintf(name, sizeof name, "common/%s", trunk_names[k]);
+        const int ci = mome_tensor_table_find(&m->table, name);
+        a->common_off[k] = ci >= 0 ? m->table.t[ci].offset : 0;
+    }
+    /* Routed training sends each sequence to one trunk: start with room for an even share of the batch (at least
+     * one sequence); the buffers grow when a batch brings more. */
+    for (int t = 0; t < m->expert_count; t++) trunk_reserve(m, &a->trunks[t], 1);
+    if (c->common) trunk_reserve(m, &a->trunks[m->expert_count], B);
+    scratch_reserve(m, B);
+    rows_reserve(m, (size_t)B, (size_t)B);
     m->logits = mome_malloc(cap * (size_t)c->vocab_size * f);
-    m->max_B = B;
-    m->max_T = T;
     return MOME_OK;
 }
 
@@ -260,59 +375,142 @@ static void check_call(const mome_modular *m, const int32_t *inputs, const int32
     MOME_CHECK(m->acts, "modular: mome_modular_reserve was not called");
     MOME_CHECK(B > 0 && T > 0 && B <= m->max_B && T <= m->max_T, "modular: batch %d x %d exceeds the reserved %d x %d",
                B, T, m->max_B, m->max_T);
+    MOME_CHECK(m->dispatch || m->expert_count == m->cfg.n_experts,
+               "modular: %d of %d expert trunks here and no dispatch", m->expert_count, m->cfg.n_experts);
     for (size_t i = 0; i < (size_t)B * (size_t)T; i++)
         MOME_CHECK(inputs[i] >= 0 && inputs[i] < m->cfg.vocab_size, "modular: token %d at %zu outside [0, %d)",
                    (int)inputs[i], i, m->cfg.vocab_size);
     for (int b = 0; b < B; b++)
-        MOME_CHECK(routes[b] >= -1 && routes[b] < m->cfg.n_experts,
-                   "modular: route %d of sequence %d outside [-1, %d)", (int)routes[b], b, m->cfg.n_experts);
+        MOME_CHECK((routes[b] >= MOME_ROUTE_ALL && routes[b] < m->cfg.n_experts) ||
+                       (routes[b] == MOME_ROUTE_COMMON && m->cfg.common && m->use_common),
+                   "modular: route %d of sequence %d outside [-1, %d) (-2 needs a common trunk in use)",
+                   (int)routes[b], b, m->cfg.n_experts);
 }
 
-/* Which trunks each sequence runs through, and its weight: expert route[b] (all experts for -1), plus the
- * common trunk. */
-static void plan(mome_modular *m, const int32_t *routes, int B) {
+/* Which trunks each sequence goes through and its weight; the send rows grouped by global expert; with a
+ * dispatch, the exchange of counts (collective) and the rows each local trunk receives. */
+static int plan(mome_modular *m, const int32_t *routes, int B) {
     mome_modular_acts *a = m->acts;
     const int E = m->cfg.n_experts;
-    for (int t = 0; t < a->n_trunks; t++) {
-        int n = 0;
+    a->common_on = m->cfg.common && m->use_common;
+    int n = 0;
+    for (int e = 0; e < E; e++) {
+        const int start = n;
         for (int b = 0; b < B; b++)
-            if (t == E || routes[b] == t || routes[b] == -1) a->seqs[(size_t)t * m->max_B + n++] = b;
-        a->n_seqs[t] = n;
+            if (routes[b] == e || routes[b] == MOME_ROUTE_ALL) a->send_seq[n++] = b;
+        a->send_counts[e] = n - start;
     }
-    for (int b = 0; b < B; b++) a->weight[b] = 1.0f / (float)((routes[b] == -1 ? E : 1) + m->cfg.common);
+    a->n_send = n;
+    for (int b = 0; b < B; b++) {
+        const int experts = routes[b] == MOME_ROUTE_ALL ? E : routes[b] == MOME_ROUTE_COMMON ? 0 : 1;
+        a->weight[b] = 1.0f / (float)(experts + a->common_on);
+    }
+    if (m->dispatch) {
+        mome_dispatch *d = m->dispatch;
+        const int rc = mome_dispatch_plan(d, a->send_counts);
+        if (rc) return rc;
+        a->n_recv = (int)mome_dispatch_recv_rows(d);
+        for (int i = 0; i < m->expert_count; i++) {
+            a->local_rows[i] = d->expert_rows[i];
+            a->local_first[i] = d->expert_first[i];
+        }
+    } else {
+        a->n_recv = n;
+        int first = 0;
+        for (int i = 0; i < E; i++) {
+            a->local_rows[i] = a->send_counts[i];
+            a->local_first[i] = first;
+            first += a->send_counts[i];
+        }
+    }
+    a->local_first[m->expert_count] = a->n_recv;
+    rows_reserve(m, (size_t)a->n_send, (size_t)a->n_recv);
+    int most = 0;
+    for (int i = 0; i < m->expert_count; i++) {
+        trunk_reserve(m, &a->trunks[i], a->local_rows[i]);
+        if (a->local_rows[i] > most) most = a->local_rows[i];
+    }
+    scratch_reserve(m, most);
+    return MOME_OK;
+}
+
+/* Runs local trunk t forward over n sequences x (n, T, C); returns its output (the last block's res3). */
+static const float *trunk_forward(mome_modular *m, int t, const float *x, int n, int T) {
+    const mome_modular_config *c = &m->cfg;
+    mome_modular_acts *a = m->acts;
+    for (int l = 0; l < c->trunk_layers; l++) {
+        const mome_block_weights w = trunk_weights(m, m->params, t, l);
+        const mome_block_acts *ba = &a->trunks[t].blocks[l];
+        mome_block_attn_forward(&w, ba, &a->bs, x, n, T, c->d_model, c->n_head, NULL);
+        mome_block_mlp_forward(&w, ba, &a->bs, n, T, c->d_model, c->d_ff, NULL);
+        mome_block_residual_forward(ba, &a->bs, n, T, c->d_model, NULL);
+        x = ba->res3;
+    }
+    return x;
+}
+
+/* Local trunk t backward: dres (n, T, C) holds d(output) in and d(input) out; x is the trunk's input. */
+static void trunk_backward(mome_modular *m, int t, const float *x, float *dres, int n, int T) {
+    const mome_modular_config *c = &m->cfg;
+    mome_modular_acts *a = m->acts;
+    for (int l = c->trunk_layers - 1; l >= 0; l--) {
+        const mome_block_weights w = trunk_weights(m, m->params, t, l), g = trunk_weights(m, m->grads, t, l);
+        const mome_block_acts *ba = &a->trunks[t].blocks[l];
+        const float *xl = l == 0 ? x : a->trunks[t].blocks[l - 1].res3;
+        mome_block_mlp_backward(&g, &w, ba, &a->bs, dres, n, T, c->d_model, c->d_ff, NULL);
+        mome_block_attn_backward(&g, &w, ba, &a->bs, xl, dres, n, T, c->d_model, c->n_head, NULL);
+    }
 }
 
 void mome_modular_forward(mome_modular *m, const int32_t *inputs, const int32_t *routes, int B, int T) {
     check_call(m, inputs, routes, B, T);
     mome_modular_acts *a = m->acts;
     const mome_modular_config *c = &m->cfg;
-    const int C = c->d_model, F = c->d_ff, NH = c->n_head, L = c->trunk_layers, V = c->vocab_size;
+    const int C = c->d_model, V = c->vocab_size;
     const size_t row = (size_t)T * (size_t)C, BT = (size_t)B * (size_t)T;
     float *wte = shared_tensor(m, m->params, "wte");
     mome_encoder_forward(a->encoded, inputs, wte, shared_tensor(m, m->params, "wpe"), B, T, C);
-    plan(m, routes, B);
-    memset(a->h, 0, BT * (size_t)C * sizeof(float));
-    for (int t = 0; t < a->n_trunks; t++) {
-        const int n = a->n_seqs[t];
+    int rc = plan(m, routes, B);
+    MOME_CHECK(rc == MOME_OK, "modular: dispatch plan: %s", mome_error_message());
+    for (int i = 0; i < a->n_send; i++)
+        memcpy(a->send + (size_t)i * row, a->encoded + (size_t)a->send_seq[i] * row, row * sizeof(float));
+    float *recv = a->send, *back = a->out;
+    m->bytes_sent = 0;
+    if (m->dispatch) {
+        recv = a->recv;
+        back = a->back;
+        rc = mome_dispatch_forward(m->dispatch, a->send, recv, a->scratch, (int)row);
+        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
+        m->bytes_sent += m->dispatch->bytes_sent;
+    }
+    for (int t = 0; t < m->expert_count; t++) {
+        const int n = a->local_rows[t];
         if (n == 0) continue;
-        const int32_t *seqs = a->seqs + (size_t)t * m->max_B;
-        float *in = a->trunk_in + (size_t)t * a->cap * C;
-        for (int i = 0; i < n; i++) memcpy(in + i * row, a->encoded + seqs[i] * row, row * sizeof(float));
-        const float *x = in;
-        for (int l = 0; l < L; l++) {
-            const mome_block_weights w = trunk_weights(m, m->params, t, l);
-            const mome_block_acts *ba = &a->blocks[(size_t)t * L + l];
-            mome_block_attn_forward(&w, ba, &a->scratch, x, n, T, C, NH, NULL);
-            mome_block_mlp_forward(&w, ba, &a->scratch, n, T, C, F, NULL);
-            mome_block_residual_forward(ba, &a->scratch, n, T, C, NULL);
-            x = ba->res3;
+        const size_t first = (size_t)a->local_first[t] * row;
+        memcpy(a->out + first, trunk_forward(m, t, recv + first, n, T), (size_t)n * row * sizeof(float));
+    }
+    if (m->dispatch) {
+        rc = mome_dispatch_reverse(m->dispatch, a->out, back, a->scratch, (int)row);
+        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
+        m->bytes_sent += m->dispatch->bytes_sent;
+    }
+    if (a->common_on) { /* h = weight * common(x), then the experts' outputs are added */
+        const float *o = trunk_forward(m, m->expert_count, a->encoded, B, T);
+        for (int b = 0; b < B; b++) {
+            const float wb = a->weight[b];
+            float *hb = a->h + (size_t)b * row;
+            const float *ob = o + (size_t)b * row;
+            for (size_t j = 0; j < row; j++) hb[j] = wb * ob[j];
         }
-        for (int i = 0; i < n; i++) { /* h[b] += weight[b] * trunk output */
-            const float wb = a->weight[seqs[i]];
-            float *hb = a->h + seqs[i] * row;
-            const float *o = x + i * row;
-            for (size_t j = 0; j < row; j++) hb[j] += wb * o[j];
-        }
+    } else {
+        memset(a->h, 0, BT * (size_t)C * sizeof(float));
+    }
+    for (int i = 0; i < a->n_send; i++) { /* h[b] += weight[b] * trunk output, in send (expert) order */
+        const int b = a->send_seq[i];
+        const float wb = a->weight[b];
+        float *hb = a->h + (size_t)b * row;
+        const float *o = back + (size_t)i * row;
+        for (size_t j = 0; j < row; j++) hb[j] += wb * o[j];
     }
     mome_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h, shared_tensor(m, m->params, "ln_f_w"),
                            shared_tensor(m, m->params, "ln_f_b"), BT, C);
@@ -323,40 +521,64 @@ void mome_modular_backward(mome_modular *m, const int32_t *inputs, const int32_t
     check_call(m, inputs, routes, B, T);
     mome_modular_acts *a = m->acts;
     const mome_modular_config *c = &m->cfg;
-    const int C = c->d_model, F = c->d_ff, NH = c->n_head, L = c->trunk_layers, V = c->vocab_size;
+    const int C = c->d_model, V = c->vocab_size;
     const size_t row = (size_t)T * (size_t)C, BT = (size_t)B * (size_t)T;
-    plan(m, routes, B); /* the same plan as the forward's */
+    /* The same plan as the forward's (routes are the same); with a dispatch the counts are exchanged again. */
+    int rc = plan(m, routes, B);
+    MOME_CHECK(rc == MOME_OK, "modular: dispatch plan: %s", mome_error_message());
     float *wte = shared_tensor(m, m->params, "wte"), *gwte = shared_tensor(m, m->grads, "wte");
-    // head: logits = lnf · wte^T; then ln_f
-    mome_matmul_backward_to(a->scratch.dln, gwte, NULL, m->logits, a->lnf, wte, BT, C, V);
+    /* head: logits = lnf · wte^T; then ln_f */
+    mome_matmul_backward_to(a->bs.dln, gwte, NULL, m->logits, a->lnf, wte, BT, C, V);
     memset(a->dh, 0, BT * (size_t)C * sizeof(float));
     mome_layernorm_backward(a->dh, shared_tensor(m, m->grads, "ln_f_w"), shared_tensor(m, m->grads, "ln_f_b"),
-                            a->scratch.dln, a->h, shared_tensor(m, m->params, "ln_f_w"), a->lnf_mean, a->lnf_rstd,
+                            a->bs.dln, a->h, shared_tensor(m, m->params, "ln_f_w"), a->lnf_mean, a->lnf_rstd,
                             BT, C);
-    memset(a->dx, 0, BT * (size_t)C * sizeof(float));
-    for (int t = 0; t < a->n_trunks; t++) {
-        const int n = a->n_seqs[t];
+    /* d(trunk output) = weight[b] * dh[b] in send order; without a dispatch that is already the received order,
+     * and the trunks' inputs are still in the send buffer. */
+    float *dsend = m->dispatch ? a->back : a->out, *drecv = a->out;
+    const float *x_recv = m->dispatch ? a->recv : a->send;
+    for (int i = 0; i < a->n_send; i++) {
+        const int b = a->send_seq[i];
+        const float wb = a->weight[b];
+        const float *dhb = a->dh + (size_t)b * row;
+        float *d = dsend + (size_t)i * row;
+        for (size_t j = 0; j < row; j++) d[j] = wb * dhb[j];
+    }
+    m->bytes_sent = 0;
+    if (m->dispatch) {
+        rc = mome_dispatch_forward(m->dispatch, dsend, drecv, a->scratch, (int)row);
+        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
+        m->bytes_sent += m->dispatch->bytes_sent;
+    }
+    for (int t = 0; t < m->expert_count; t++) { /* in place: each block of drecv becomes d(trunk input) */
+        const int n = a->local_rows[t];
         if (n == 0) continue;
-        const int32_t *seqs = a->seqs + (size_t)t * m->max_B;
-        const float *in = a->trunk_in + (size_t)t * a->cap * C;
-        for (int i = 0; i < n; i++) { /* d(trunk output) = weight[b] * dh[b] */
-            const float wb = a->weight[seqs[i]];
-            const float *dhb = a->dh + seqs[i] * row;
-            float *d = a->dres + i * row;
+        const size_t first = (size_t)a->local_first[t] * row;
+        trunk_backward(m, t, x_recv + first, drecv + first, n, T);
+    }
+    const float *dback = drecv;
+    if (m->dispatch) {
+        rc = mome_dispatch_reverse(m->dispatch, drecv, a->back, a->scratch, (int)row);
+        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
+        m->bytes_sent += m->dispatch->bytes_sent;
+        dback = a->back;
+    }
+    if (a->common_on) { /* dx = common's input gradient, then the experts' are added */
+        for (int b = 0; b < B; b++) {
+            const float wb = a->weight[b];
+            const float *dhb = a->dh + (size_t)b * row;
+            float *d = a->dres + (size_t)b * row;
             for (size_t j = 0; j < row; j++) d[j] = wb * dhb[j];
         }
-        for (int l = L - 1; l >= 0; l--) {
-            const mome_block_weights w = trunk_weights(m, m->params, t, l), g = trunk_weights(m, m->grads, t, l);
-            const mome_block_acts *ba = &a->blocks[(size_t)t * L + l];
-            const float *x = l == 0 ? in : a->blocks[(size_t)t * L + l - 1].res3;
-            mome_block_mlp_backward(&g, &w, ba, &a->scratch, a->dres, n, T, C, F, NULL);
-            mome_block_attn_backward(&g, &w, ba, &a->scratch, x, a->dres, n, T, C, NH, NULL);
-        }
-        for (int i = 0; i < n; i++) { /* the trunk's input gradient back to the sequences' rows */
-            float *dxb = a->dx + seqs[i] * row;
-            const float *d = a->dres + i * row;
-            for (size_t j = 0; j < row; j++) dxb[j] += d[j];
-        }
+        trunk_backward(m, m->expert_count, a->encoded, a->dres, B, T);
+        memcpy(a->dx, a->dres, BT * (size_t)C * sizeof(float));
+    } else {
+        memset(a->dx, 0, BT * (size_t)C * sizeof(float));
+    }
+    for (int i = 0; i < a->n_send; i++) {
+        float *dxb = a->dx + (size_t)a->send_seq[i] * row;
+        const float *d = dback + (size_t)i * row;
+        for (size_t j = 0; j < row; j++) dxb[j] += d[j];
     }
     mome_encoder_backward(gwte, shared_tensor(m, m->grads, "wpe"), a->dx, inputs, B, T, C);
 }
