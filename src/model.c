@@ -349,7 +349,8 @@ static void ep_buffers(mome_gpt *m) {
     if (!a || a->n_moe == 0 || (!m->dp_global && !m->ep)) return;
     const size_t L = (size_t)m->cfg.n_layer, C = (size_t)m->cfg.d_model, F = (size_t)m->cfg.d_ff;
     const size_t E = (size_t)m->cfg.n_experts, f = sizeof(float);
-    const size_t P = m->ep ? (size_t)m->ep->size : 1, R = P * a->cap_bt * (size_t)m->cfg.top_k;
+    /* rows per token: top_k, or more when the gate mode needs them (moe.h max_slots) */
+    const size_t P = m->ep ? (size_t)m->ep->size : 1, R = P * a->cap_bt * (size_t)a->moe[0].max_slots;
     if (a->red && a->cap_ep == R) return;
     float **fb[] = {&a->ep_in, &a->ep_h, &a->ep_a, &a->ep_out, &a->ep_dout, &a->ep_scr, &a->ep_da, &a->ep_dh};
     for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++) {
@@ -404,6 +405,50 @@ void mome_gpt_set_parallel(mome_gpt *m, MPI_Comm dp_comm, mome_dispatch *ep) {
     }
 }
 
+/* The config of every MoE layer. max_slots: more than top_k only when the gate mode needs more (moe.h). */
+static mome_moe_config moe_config(const mome_gpt *m) {
+    const mome_gpt_config *c = &m->cfg;
+    mome_moe_config mc = {.n_embd = c->d_model, .n_experts = c->n_experts, .d_ff = c->d_ff,
+                          .top_k = c->top_k, .shared_d_ff = c->shared_d_ff,
+                          .renormalize = c->top_k > 1, .capacity_factor = c->capacity_factor,
+                          .aux_coef = c->aux_coef, .z_coef = c->z_coef};
+    const int slots = mome_moe_gate_slots(&mc, &m->gate_mode);
+    if (slots > c->top_k) mc.max_slots = slots;
+    return mc;
+}
+
+/* The gate mode of layer l: the model's with layer id l (the KA draws differ between layers). */
+static int set_layer_gate(mome_moe *moe, const mome_moe_gate_mode *mode, int l) {
+    mome_moe_gate_mode g = *mode;
+    g.layer = (uint32_t)l;
+    return mome_moe_set_gate_mode(moe, &g);
+}
+
+int mome_gpt_set_gate_mode(mome_gpt *m, const mome_moe_gate_mode *mode) {
+    if (m->cfg.n_experts == 0) return mome_error_set(MOME_EINVAL, "gpt set_gate_mode: a dense model has no gate");
+    const mome_moe_config mc = moe_config(m);
+    int rc = mome_moe_gate_mode_check(&mc, mode);
+    if (rc) return rc;
+    m->gate_mode = *mode;
+    mome_gpt_acts *a = m->acts;
+    if (!a) return MOME_OK; /* mome_gpt_reserve applies it */
+    if (mome_moe_gate_slots(&mc, mode) > a->moe[0].max_slots) {
+        /* the layers' row buffers are too small: reallocate the activations with the mode's slots */
+        const int B = m->max_B, T = m->max_T;
+        acts_free(a);
+        mome_free(m->logits);
+        m->acts = NULL;
+        m->logits = NULL;
+        m->max_B = m->max_T = 0;
+        return mome_gpt_reserve(m, B, T);
+    }
+    for (int l = 0; l < a->n_moe; l++) {
+        rc = set_layer_gate(&a->moe[l], mode, l);
+        if (rc) return rc; /* cannot happen: checked above */
+    }
+    return MOME_OK;
+}
+
 int mome_gpt_reserve(mome_gpt *m, int B, int T) {
     const mome_gpt_config *c = &m->cfg;
     if (B <= 0 || T <= 0 || T > c->seq_len)
@@ -447,13 +492,11 @@ int mome_gpt_reserve(mome_gpt *m, int B, int T) {
             a->dfch_gelu = mome_malloc(BT * F * f);
         }
     } else {
-        const mome_moe_config mc = {.n_embd = c->d_model, .n_experts = c->n_experts, .d_ff = c->d_ff,
-                                    .top_k = c->top_k, .shared_d_ff = c->shared_d_ff,
-                                    .renormalize = c->top_k > 1, .capacity_factor = c->capacity_factor,
-                                    .aux_coef = c->aux_coef, .z_coef = c->z_coef};
+        const mome_moe_config mc = moe_config(m);
         a->moe = mome_calloc((size_t)c->n_layer, sizeof *a->moe);
         for (size_t l = 0; l < (size_t)c->n_layer; l++) {
             int rc = mome_moe_init(&a->moe[l], &mc, BT);
+            if (!rc) rc = set_layer_gate(&a->moe[l], &m->gate_mode, (int)l);
             if (rc) {
                 acts_free(a);
                 return rc;
@@ -618,8 +661,8 @@ static void route_global(mome_gpt *m, mome_moe *moe, const float *x, size_t N) {
     m->n_tokens_global = (double)N;
     if (!m->dp_global) return;
     mome_gpt_acts *a = m->acts;
-    const int E = m->cfg.n_experts, k = m->cfg.top_k;
     mome_moe_plan *pl = &moe->plan;
+    const int E = m->cfg.n_experts, k = pl->k; /* slots of this call: top_k, or the gate mode's */
     double *red = a->red; /* [N, routed (E), sum of probs (E), sum of lse^2] */
     memset(red, 0, (2 * (size_t)E + 2) * sizeof *red);
     red[0] = (double)N;
@@ -638,7 +681,7 @@ static void route_global(mome_gpt *m, mome_moe *moe, const float *x, size_t N) {
     MPI_Comm_rank(m->dp_comm, &rank);
     if (rank == 0) memset(a->before, 0, (size_t)E * sizeof *a->before); /* Exscan leaves rank 0 undefined */
     const double Ng = red[0], nk = Ng * k;
-    const size_t capacity = mome_moe_capacity(&moe->cfg, (size_t)Ng);
+    const size_t capacity = mome_moe_gate_capacity(moe, (size_t)Ng); /* 0 (dropless) in ALL and KA mode */
     replan(pl, capacity, a->before);
     double aux = 0.0, dropped = 0.0;
     for (int e = 0; e < E; e++) {

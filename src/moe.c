@@ -1,6 +1,6 @@
-/* moe.c — the token-level Mixture-of-Experts FFN layer, single process (see moe.h): gate with top-k routing,
- * capacity dropping, load-balancing and z-loss; gather rows per expert; per-expert GELU MLPs with sgemm;
- * weighted combine; and the backward of each stage.
+/* moe.c — the token-level Mixture-of-Experts FFN layer, single process (see moe.h): gate with top-k routing
+ * (or the ALL / KA gate modes of a distillation teacher), capacity dropping, load-balancing and z-loss; gather
+ * rows per expert; per-expert GELU MLPs with sgemm; weighted combine; and the backward of each stage.
  *
  * The stages are separate functions so that the expert-parallel version can put MPI all-to-all between
  * gather and experts, and between experts and combine. Loops over tokens use OpenMP with a static schedule
@@ -16,6 +16,7 @@
 
 #include "mome/common.h"
 #include "mome/kernels.h"
+#include "mome/rng.h"
 
 /* ------------------------------------------------------------------------------------------ configuration */
 
@@ -37,7 +38,31 @@ int mome_moe_config_check(const mome_moe_config *c) {
     if (!isfinite(c->aux_coef) || !isfinite(c->z_coef))
         return mome_error_set(MOME_ECONFIG, "moe config: aux_coef and z_coef must be finite, got %g and %g",
                               (double)c->aux_coef, (double)c->z_coef);
+    if (c->max_slots != 0 && (c->max_slots < c->top_k || c->max_slots > c->n_experts))
+        return mome_error_set(MOME_ECONFIG, "moe config: max_slots must be 0 (= top_k) or in [top_k = %d, n_experts "
+                              "= %d], got %d", c->top_k, c->n_experts, c->max_slots);
     return MOME_OK;
+}
+
+int mome_moe_gate_mode_check(const mome_moe_config *c, const mome_moe_gate_mode *g) {
+    if (g->kind != MOME_GATE_TOPK && g->kind != MOME_GATE_ALL && g->kind != MOME_GATE_KA)
+        return mome_error_set(MOME_ECONFIG, "moe gate mode: kind must be TOPK (0), ALL (1) or KA (2), got %d",
+                              (int)g->kind);
+    if (g->kind != MOME_GATE_KA) return MOME_OK;
+    if (g->ka_n < 0 || g->ka_n > c->n_experts)
+        return mome_error_set(MOME_ECONFIG, "moe gate mode: KA n must be in [1, n_experts = %d] (0 = n_experts - 1), "
+                              "got %d", c->n_experts, g->ka_n);
+    if (!(g->ka_lambda >= 0.0f && g->ka_lambda <= 1.0f)) /* also rejects NaN */
+        return mome_error_set(MOME_ECONFIG, "moe gate mode: KA lambda must be in [0, 1], got %g", (double)g->ka_lambda);
+    return MOME_OK;
+}
+
+int mome_moe_gate_slots(const mome_moe_config *c, const mome_moe_gate_mode *g) {
+    switch (g->kind) {
+    case MOME_GATE_ALL: return c->n_experts;
+    case MOME_GATE_KA: return g->ka_n > 0 ? g->ka_n : (c->n_experts > 1 ? c->n_experts - 1 : 1);
+    default: return c->top_k;
+    }
 }
 
 size_t mome_moe_num_params(const mome_moe_config *c) {
@@ -78,19 +103,24 @@ size_t mome_moe_capacity(const mome_moe_config *c, size_t N) {
     return (size_t)ceil((double)c->capacity_factor * (double)N * (double)c->top_k / (double)c->n_experts);
 }
 
+size_t mome_moe_gate_capacity(const mome_moe *m, size_t N) {
+    return m->gate.kind == MOME_GATE_TOPK ? mome_moe_capacity(&m->cfg, N) : 0;
+}
+
 /* -------------------------------------------------------------------------------------------- lifecycle */
 
 int mome_moe_init(mome_moe *m, const mome_moe_config *cfg, size_t max_N) {
     memset(m, 0, sizeof *m);
     int rc = mome_moe_config_check(cfg);
     if (rc) return rc;
-    if (max_N == 0 || max_N > (size_t)INT32_MAX / (size_t)cfg->top_k)
-        return mome_error_set(MOME_EINVAL, "moe init: max_N must be in [1, %d], got %zu",
-                              INT32_MAX / cfg->top_k, max_N);
+    const int slots = cfg->max_slots > 0 ? cfg->max_slots : cfg->top_k;
+    if (max_N == 0 || max_N > (size_t)INT32_MAX / (size_t)slots)
+        return mome_error_set(MOME_EINVAL, "moe init: max_N must be in [1, %d], got %zu", INT32_MAX / slots, max_N);
     m->cfg = *cfg;
     m->max_N = max_N;
+    m->max_slots = slots;
     const size_t C = (size_t)cfg->n_embd, E = (size_t)cfg->n_experts, F = (size_t)cfg->d_ff;
-    const size_t Fs = (size_t)cfg->shared_d_ff, k = (size_t)cfg->top_k, R = max_N * k, f = sizeof(float);
+    const size_t Fs = (size_t)cfg->shared_d_ff, R = max_N * (size_t)slots, f = sizeof(float);
     mome_moe_plan *pl = &m->plan;
     pl->E = cfg->n_experts;
     pl->k = cfg->top_k;
@@ -140,7 +170,8 @@ static void free_scratch(mome_moe *m) {
 void mome_moe_share_scratch(mome_moe *m, const mome_moe *owner) {
     MOME_CHECK(owner != m && owner->max_N == m->max_N && owner->cfg.n_embd == m->cfg.n_embd &&
                    owner->cfg.d_ff == m->cfg.d_ff && owner->cfg.top_k == m->cfg.top_k &&
-                   owner->cfg.n_experts == m->cfg.n_experts && owner->cfg.shared_d_ff == m->cfg.shared_d_ff,
+                   owner->cfg.n_experts == m->cfg.n_experts && owner->cfg.shared_d_ff == m->cfg.shared_d_ff &&
+                   owner->max_slots == m->max_slots,
                "moe: scratch can only be shared between layers of the same shape");
     free_scratch(m);
     m->drows_out = owner->drows_out;
@@ -150,6 +181,18 @@ void mome_moe_share_scratch(mome_moe *m, const mome_moe *owner) {
     m->dweight = owner->dweight;
     m->dlogits = owner->dlogits;
     m->shares_scratch = 1;
+}
+
+int mome_moe_set_gate_mode(mome_moe *m, const mome_moe_gate_mode *mode) {
+    int rc = mome_moe_gate_mode_check(&m->cfg, mode);
+    if (rc) return rc;
+    const int k = mome_moe_gate_slots(&m->cfg, mode);
+    if (k > m->max_slots)
+        return mome_error_set(MOME_ECONFIG, "moe gate mode: needs %d slots per token, the layer's buffers hold %d "
+                              "(raise cfg.max_slots, up to n_experts)", k, m->max_slots);
+    m->gate = *mode;
+    if (mode->kind == MOME_GATE_KA) m->gate.ka_n = k;
+    return MOME_OK;
 }
 
 void mome_moe_free(mome_moe *m) {
@@ -180,15 +223,99 @@ static void topk_row(int32_t *idx, const float *logit, int E, int k) {
     }
 }
 
+/* The same selection as topk_row in O(k E) instead of O(k^2 E) (KA uses k up to E - 1): the order (logit
+ * descending, then index ascending) is total, so the s-th expert is the best of those strictly after the (s-1)-th
+ * one. Hence the same experts in the same slots, so KA with lambda 0 routes bit-identically to TOPK. NaN logits
+ * have no order: then topk_row itself. */
+static void topk_row_fast(int32_t *idx, const float *logit, int E, int k) {
+    for (int e = 0; e < E; e++)
+        if (isnan(logit[e])) {
+            topk_row(idx, logit, E, k);
+            return;
+        }
+    int prev = -1;
+    for (int s = 0; s < k; s++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            if (prev >= 0 && !(logit[e] < logit[prev] || (logit[e] == logit[prev] && e > prev))) continue;
+            if (best < 0 || logit[e] > logit[best]) best = e; /* strict >: ties keep the lower index */
+        }
+        idx[s] = prev = best;
+    }
+}
+
+/* Uniform double in [0, 1) with 53 random bits (mome_rng_uniform has 24: too coarse for small probabilities). */
+static double uniform53(mome_rng *rng) { return (double)(mome_rng_u64(rng) >> 11) * 0x1p-53; }
+
+/* KA sampling of one token: n experts drawn without replacement from probs p (E), draw s picking expert e among
+ * those not drawn yet with probability p_e / (their sum). The drawn experts are kept sorted by index in idx during
+ * the draws, so a merge walk skips them without scratch memory (O(n E)). If the remaining probability underflows
+ * to 0, the rest are taken by logit (descending, ties -> lower index). Then idx is put in the slot order of the
+ * layer: logit descending, ties -> lower index. */
+static void sample_row(int32_t *idx, const float *p, const float *logit, int E, int n, mome_rng *rng) {
+    for (int s = 0; s < n; s++) {
+        double rest = 0.0;
+        for (int e = 0, j = 0; e < E; e++) {
+            if (j < s && idx[j] == e) {
+                j++;
+                continue;
+            }
+            rest += p[e];
+        }
+        int pick = -1;
+        if (rest > 0.0) {
+            const double u = uniform53(rng) * rest;
+            double acc = 0.0;
+            for (int e = 0, j = 0; e < E; e++) {
+                if (j < s && idx[j] == e) {
+                    j++;
+                    continue;
+                }
+                if (!(p[e] > 0.0f)) continue;
+                acc += p[e]; /* same terms in the same order as rest: acc ends at rest */
+                pick = e;    /* if rounding leaves u >= acc at the end: the last expert with p > 0 */
+                if (u < acc) break;
+            }
+        }
+        if (pick < 0) {
+            for (int e = 0, j = 0; e < E; e++) {
+                if (j < s && idx[j] == e) {
+                    j++;
+                    continue;
+                }
+                if (pick < 0 || logit[e] > logit[pick]) pick = e;
+            }
+        }
+        int j = s;
+        for (; j > 0 && idx[j - 1] > pick; j--) idx[j] = idx[j - 1];
+        idx[j] = pick;
+    }
+    for (int s = 1; s < n; s++) { /* insertion sort into slot order */
+        const int32_t e = idx[s];
+        int j = s;
+        for (; j > 0 && (logit[e] > logit[idx[j - 1]] || (logit[e] == logit[idx[j - 1]] && e < idx[j - 1])); j--)
+            idx[j] = idx[j - 1];
+        idx[j] = e;
+    }
+}
+
 void mome_moe_route(mome_moe *m, const float *x, size_t N) {
     // x is (N,C)
     MOME_CHECK(N <= m->max_N, "moe route: N = %zu tokens exceed the reserved %zu", N, m->max_N);
     MOME_CHECK(m->p.gate_w, "moe route: parameters not bound (m->p.gate_w is NULL)");
     const mome_moe_config *c = &m->cfg;
-    const int C = c->n_embd, E = c->n_experts, k = c->top_k;
+    const mome_moe_gate_mode *gm = &m->gate;
+    const int C = c->n_embd, E = c->n_experts, k = mome_moe_gate_slots(c, gm);
+    MOME_CHECK(k <= m->max_slots, "moe route: the gate mode needs %d slots per token, the buffers hold %d", k,
+               m->max_slots);
+    /* TOPK as configured; ALL: raw probabilities (they already sum to 1); KA: renormalised over the chosen */
+    const int renorm = gm->kind == MOME_GATE_KA || (gm->kind == MOME_GATE_TOPK && c->renormalize);
+    const int sample = gm->kind == MOME_GATE_KA && gm->ka_lambda > 0.0f; /* lambda 0 draws nothing */
+    const double lambda = (double)gm->ka_lambda;
     mome_moe_plan *pl = &m->plan;
     pl->N = N;
-    pl->capacity = mome_moe_capacity(c, N);
+    pl->k = k;
+    pl->capacity = mome_moe_gate_capacity(m, N);
 
     /* gate: logits (N,E) = x Wg^T; softmax and logsumexp per row; top-k and weights */
     mome_matmul_forward(m->logits, x, m->p.gate_w, NULL, N, C, E);
@@ -208,10 +335,26 @@ void mome_moe_route(mome_moe *m, const float *x, size_t N) {
         m->lse[t] = mx + (float)log(sum);
         int32_t *idx = pl->expert + t * (size_t)k;
         float *w = pl->weight + t * (size_t)k;
-        topk_row(idx, l, E, k);
+        if (gm->kind == MOME_GATE_TOPK) {
+            topk_row(idx, l, E, k);
+        } else if (gm->kind == MOME_GATE_ALL) {
+            for (int s = 0; s < k; s++) idx[s] = s;
+        } else {
+            int drawn = 0;
+            if (sample) {
+                /* one stream per (seed, counter, layer, token): independent of threads and of the other tokens */
+                mome_rng rng;
+                mome_rng_stream(&rng, gm->seed, gm->counter, ((uint64_t)gm->layer << 40) + gm->token_base + t);
+                if (uniform53(&rng) < lambda) {
+                    sample_row(idx, p, l, E, k, &rng);
+                    drawn = 1;
+                }
+            }
+            if (!drawn) topk_row_fast(idx, l, E, k);
+        }
         double S = 0.0;
         for (int s = 0; s < k; s++) S += p[idx[s]];
-        for (int s = 0; s < k; s++) w[s] = c->renormalize ? (float)(p[idx[s]] / S) : p[idx[s]];
+        for (int s = 0; s < k; s++) w[s] = renorm ? (float)(p[idx[s]] / S) : p[idx[s]];
     }
 
     /* dispatch plan: routed counts, capacity admission in (token, slot) order, offsets, grouped rows */
@@ -268,8 +411,10 @@ void mome_moe_route_backward(mome_moe *m, float *dx, float *dgate_w, const float
     // dx is (N,C) or NULL, dgate_w is (E,C), dweight is (N,k), x is (N,C)
     MOME_CHECK(N == m->plan.N, "moe route backward: N = %zu but the last forward had %zu", N, m->plan.N);
     const mome_moe_config *c = &m->cfg;
-    const int C = c->n_embd, E = c->n_experts, k = c->top_k;
     const mome_moe_plan *pl = &m->plan;
+    const int C = c->n_embd, E = c->n_experts, k = pl->k;
+    MOME_CHECK(k == mome_moe_gate_slots(c, &m->gate), "moe route backward: the gate mode changed since forward");
+    const int renorm = m->gate.kind == MOME_GATE_KA || (m->gate.kind == MOME_GATE_TOPK && c->renormalize);
     if (N == 0) return;
     const float aux_scale = grad_scale * c->aux_coef * (float)E / (float)N; /* times f_e: d(aux)/d(probs[t,e]) */
     const float z_scale = grad_scale * c->z_coef * 2.0f / (float)N;         /* times lse_t: d(z)/d(lse_t) */
@@ -282,7 +427,7 @@ void mome_moe_route_backward(mome_moe *m, float *dx, float *dgate_w, const float
         const float *dw = dweight + t * (size_t)k;
         float *dl = dl_all + t * (size_t)E; /* first holds d(probs), then d(logits) */
         for (int e = 0; e < E; e++) dl[e] = aux_scale * (float)m->load[e];
-        if (c->renormalize) {
+        if (renorm) {
             /* w_s = p_s / S, S = sum chosen p: dp_s = (dw_s - sum_j dw_j w_j) / S */
             double S = 0.0, dot = 0.0;
             for (int s = 0; s < k; s++) {

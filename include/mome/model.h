@@ -107,6 +107,7 @@ typedef struct {
     double n_tokens_global;  /* tokens of the last forward over dp_comm (or local) */
     int inference;           /* mome_gpt_set_inference: no gradients, one layer of activations reused */
     double *prof;            /* NULL, or (MOME_PROF_N) seconds that forward and backward add per kernel category */
+    mome_moe_gate_mode gate_mode; /* gate mode of every MoE layer (zeroed: TOPK); set with mome_gpt_set_gate_mode */
 } mome_gpt;
 
 /* Checks a config: positive sizes, d_model divisible by n_head; with experts 1 <= top_k <= E, capacity_factor
@@ -172,6 +173,15 @@ const mome_moe *mome_gpt_moe_layer(const mome_gpt *m, int layer);
  * (all rows of all EP ranks to one rank), per layer. An expert range mismatch is a fatal invariant (MOME_CHECK).
  * Call before or after mome_gpt_reserve, not between a forward and its backward. */
 void mome_gpt_set_parallel(mome_gpt *m, MPI_Comm dp_comm, mome_dispatch *ep);
+
+/* Sets the gate mode (moe.h: TOPK, ALL or KA) of every MoE layer, layer l with mode->layer replaced by l, from
+ * the next forward on; kept across mome_gpt_reserve and mome_gpt_set_inference. Not between a forward and its
+ * backward. When the reserved layers hold fewer slots per token than the mode needs (E for ALL, n for KA), the
+ * activation buffers are reallocated for the current max_B x max_T with that many (activations of the last
+ * forward are lost); otherwise it allocates nothing, so a caller can set a new KA counter every step. Under data
+ * parallelism set mode->token_base to this rank's first global token (rank * B*T) for split-invariant draws.
+ * Returns MOME_EINVAL for a dense model, MOME_ECONFIG for an invalid mode (model unchanged). */
+int mome_gpt_set_gate_mode(mome_gpt *m, const mome_moe_gate_mode *mode);
 
 /* Forward FLOPs per token of a training step's forward pass (matmuls and attention), for MFU. For an MoE model
  * only the active parameters count: the gate, top_k experts and the shared expert per token. */

@@ -15,6 +15,24 @@
  *   aux loss:      Switch load balancing aux = E * sum_e f_e P_e, f_e = fraction of the N*k assignments (before
  *                  dropping) routed to e (a constant for the gradient, as in Switch), P_e = mean_t probs[t,e].
  *   z-loss:        z = mean_t logsumexp(logits[t,:])^2.
+ * Gate modes (mome_moe_set_gate_mode; a teacher in "Every Expert Matters" distillation, Kim et al. 2025). The
+ * description above is MOME_GATE_TOPK, the default. The other two modes are dropless (capacity ignored), use k
+ * slots per token for the call (plan.k; the buffers must hold them: cfg.max_slots >= k), and keep the aux and
+ * z-loss definitions, f_e counting the assignments actually made (N*k of them):
+ *   ALL:  k = E, every token uses every expert; slot s is expert s (index order, NOT probability order) and
+ *         w_s = p_s, the softmax over all E logits (they sum to 1; no renormalisation).
+ *   KA:   knowledge augmentation, k = n experts per token. Per token, with probability lambda: n experts drawn
+ *         WITHOUT replacement from the softmax (sequential draws, each from the probabilities of the experts not
+ *         drawn yet, renormalised); otherwise the top n by logit (ties -> lower index). The chosen set is then
+ *         ordered by logit (descending, ties -> lower index), so slot 0 is the most probable, and
+ *         w_s = p_s / sum_{chosen} p (the softmax over the chosen logits). The random numbers of token t come
+ *         from mome_rng_stream(seed, counter, (layer << 40) + token_base + t) (see mome_moe_gate_mode), so
+ *         they depend neither on the thread count nor on the other tokens; lambda = 0 draws nothing and routes
+ *         bit-identically to TOPK with top_k = n and renormalize = 1.
+ *   In both, the chosen set is a constant for backward; gradients are exact through the weights into the
+ *   gate (KA: through the renormalisation over the chosen set). ALL equals KA with n = E up to float rounding
+ *   (KA divides by sum p, which is 1 up to rounding, and sums the experts in another order: y, dx and the
+ *   gradients agree to ~1e-7 relative to their largest value; test_moe_modes.c allows 1e-5).
  * The layer reports aux and z (unscaled); backward adds grad_scale * (aux_coef * d aux + z_coef * d z) to the
  * gate's logits gradient, on top of the gradient coming from dy. So with dy = grad_scale * dL/dy, backward
  * produces the gradients of grad_scale * (L + aux_coef * aux + z_coef * z).
@@ -58,7 +76,29 @@ typedef struct {
     float capacity_factor; /* 0: dropless; > 0: capacity ceil(capacity_factor * N * k / E) per expert */
     float aux_coef;        /* coefficient of the load-balancing loss in backward */
     float z_coef;          /* coefficient of the router z-loss in backward */
+    int max_slots;         /* slots per token the buffers hold: 0 = top_k (TOPK only, or KA with n <= top_k);
+                              n_experts to allow every gate mode (ALL uses E slots, KA n). Rows cost
+                              max_N * max_slots * (3C + 3F) floats or so, hence not by default. */
 } mome_moe_config;
+
+/* How the gate chooses experts (see the header comment). */
+typedef enum {
+    MOME_GATE_TOPK = 0, /* top_k by logit, capacity and renormalize as configured (the default) */
+    MOME_GATE_ALL = 1,  /* all E experts, weights = softmax over all logits, dropless */
+    MOME_GATE_KA = 2    /* knowledge augmentation: n experts, sampled with probability lambda, else top n */
+} mome_moe_gate_kind;
+
+typedef struct {
+    mome_moe_gate_kind kind;
+    int ka_n;            /* KA: experts per token, 1 <= n <= E; 0 = the default E - 1 (1 when E == 1) */
+    float ka_lambda;     /* KA: probability, per layer and token, of sampling instead of taking the top n; [0, 1] */
+    uint64_t seed;       /* KA: seed of the draws (the caller's; give it its own purpose, e.g. a stream) */
+    uint64_t counter;    /* KA: call counter chosen by the caller (e.g. the step, times micro-steps): the draws are
+                            a function of (seed, counter, layer, token) only, so a resumed run redraws them */
+    uint32_t layer;      /* KA: layer id in the stream (mome_gpt_set_gate_mode sets layer l's to l) */
+    uint64_t token_base; /* KA: global index of this call's token 0 (0 on one process; rank * N under data
+                            parallelism, so a split batch draws as the whole); token_base + t < 2^40 */
+} mome_moe_gate_mode;
 
 /* Views of the layer's parameter tensors (or of their gradients, same shapes). Experts are stacked so that
  * expert e is slice e of each experts_* tensor (one contiguous block per expert). The shared_* pointers are
@@ -78,9 +118,10 @@ typedef struct {
 /* Dispatch plan of one call: who goes where. Filled by mome_moe_route; arrays sized for max_N tokens. */
 typedef struct {
     size_t N;          /* tokens of this call */
-    int E, k;          /* experts, slots per token */
+    int E, k;          /* experts, slots per token of this call (top_k; E in ALL mode; n in KA mode) */
     size_t capacity;   /* per-expert capacity of this call; 0 = dropless */
-    int32_t *expert;   /* (N, k) chosen expert per (token, slot); slot 0 has the largest probability */
+    int32_t *expert;   /* (N, k) chosen expert per (token, slot); slot 0 has the largest probability
+                          (ALL mode: slot s is expert s) */
     float *weight;     /* (N, k) combine weight per (token, slot) (renormalised or raw probability) */
     int64_t *pos;      /* (N, k) row in the grouped buffers, or -1 if the assignment was dropped */
     size_t *routed;    /* (E) assignments per expert before capacity dropping (sum = N*k) */
@@ -109,6 +150,8 @@ typedef struct {
 typedef struct {
     mome_moe_config cfg;
     size_t max_N;         /* capacity of every buffer below, in tokens */
+    int max_slots;        /* slots per token of the row buffers (cfg.max_slots, or top_k when 0) */
+    mome_moe_gate_mode gate; /* gate mode of the next calls (zeroed: TOPK); set with mome_moe_set_gate_mode */
     mome_moe_params p;    /* parameters (views set by the caller, e.g. with mome_moe_params_bind) */
     mome_moe_params g;    /* gradients, same shapes; backward accumulates (+=) into them */
     mome_moe_plan plan;   /* dispatch plan of the last forward */
@@ -119,7 +162,7 @@ typedef struct {
     float *lse;           /* (max_N) logsumexp of each row of logits */
     double *load;         /* (E) load fractions of the last call */
     double *prob_mean;    /* (E) P_e of the last call */
-    /* grouped rows, saved for backward (max_rows = max_N * k) */
+    /* grouped rows, saved for backward (max_rows = max_N * max_slots) */
     float *rows_in;       /* (max_rows, C) gathered inputs */
     float *rows_h;        /* (max_rows, F) fc pre-activation */
     float *rows_a;        /* (max_rows, F) gelu(rows_h) */
@@ -133,14 +176,14 @@ typedef struct {
     float *drows_in;      /* (max_rows, C) */
     float *dscratch_a;    /* (max(max_rows * F, max_N * Fs)) d(gelu output), experts then shared expert */
     float *dscratch_h;    /* (max(max_rows * F, max_N * Fs)) d(fc pre-activation) */
-    float *dweight;       /* (max_N, k) */
+    float *dweight;       /* (max_N, max_slots) */
     float *dlogits;       /* (max_N, E) */
     int shares_scratch;   /* the backward scratch belongs to another layer (mome_moe_share_scratch) */
 } mome_moe;
 
 /* ---- configuration and parameters ---- */
 /* Checks sizes (C, E, F > 0, 1 <= k <= E, Fs >= 0, capacity_factor >= 0 and finite, coefficients finite,
- * renormalize 0/1). MOME_ECONFIG with a message naming the field, expected and got. */
+ * renormalize 0/1, max_slots 0 or in [k, E]). MOME_ECONFIG with a message naming the field, expected and got. */
 int mome_moe_config_check(const mome_moe_config *cfg);
 /* Floats in all parameter tensors of a layer (gate, experts, shared expert), laid out as mome_moe_params_bind
  * lays them. */
@@ -150,10 +193,18 @@ size_t mome_moe_num_params(const mome_moe_config *cfg);
 void mome_moe_params_bind(mome_moe_params *p, float *base, const mome_moe_config *cfg);
 /* Per-expert capacity for N tokens: ceil(capacity_factor * N * k / E), or 0 when dropless. */
 size_t mome_moe_capacity(const mome_moe_config *cfg, size_t N);
+/* The same for the layer's current gate mode: mome_moe_capacity in TOPK mode, 0 (dropless) in ALL and KA. */
+size_t mome_moe_gate_capacity(const mome_moe *m, size_t N);
+/* Slots per token that a gate mode uses on a layer of this config: top_k (TOPK), E (ALL), n (KA). */
+int mome_moe_gate_slots(const mome_moe_config *cfg, const mome_moe_gate_mode *mode);
+/* Checks a gate mode against a config (kind known, 0 <= ka_n <= E, lambda in [0, 1]; the slots need not fit
+ * max_slots here). MOME_ECONFIG with a message. */
+int mome_moe_gate_mode_check(const mome_moe_config *cfg, const mome_moe_gate_mode *mode);
 
 /* ---- lifecycle ---- */
-/* Checks cfg and sizes every buffer for up to max_N tokens (max_N > 0). m->p and m->g are left NULL: the
- * caller points them at the parameters and gradients. Returns MOME_ECONFIG / MOME_EINVAL with a message. */
+/* Checks cfg and sizes every buffer for up to max_N tokens (max_N > 0) of up to max_slots slots each. The gate
+ * mode starts as TOPK. m->p and m->g are left NULL: the caller points them at the parameters and gradients.
+ * Returns MOME_ECONFIG / MOME_EINVAL with a message. */
 int mome_moe_init(mome_moe *m, const mome_moe_config *cfg, size_t max_N);
 /* Frees the buffers (not the parameters); accepts a zeroed or already freed struct. */
 void mome_moe_free(mome_moe *m);
@@ -161,6 +212,10 @@ void mome_moe_free(mome_moe *m);
  * max_N: the layers of a model run their backward passes one after another, so one set serves them all. owner
  * must outlive m's use; mome_moe_free(m) leaves the shared buffers alone. */
 void mome_moe_share_scratch(mome_moe *m, const mome_moe *owner);
+/* Sets the gate mode of the following calls (copied; ka_n = 0 resolved to its default). Not between a forward and
+ * its backward. MOME_ECONFIG if the mode is invalid or needs more slots than m->max_slots (the layer is left
+ * unchanged). Allocates nothing. */
+int mome_moe_set_gate_mode(mome_moe *m, const mome_moe_gate_mode *mode);
 
 /* ---- the whole layer, one process ---- */
 /* y (N, C) = MoE(x (N, C)); overwrites y. Fills m->plan and m->stats; saves what backward needs. */
@@ -170,10 +225,11 @@ void mome_moe_forward(mome_moe *m, float *y, const float *x, size_t N);
 void mome_moe_backward(mome_moe *m, float *dx, const float *dy, const float *x, size_t N, float grad_scale);
 
 /* ---- stage 1: route ---- */
-/* Gate forward and dispatch plan for x (N, C): writes m->logits, m->probs, m->lse (N rows), m->plan and
- * m->stats (aux and z-loss values, counts, load, dropped fraction). */
+/* Gate forward and dispatch plan for x (N, C) in the layer's gate mode: writes m->logits, m->probs, m->lse
+ * (N rows), m->plan (plan.k = the mode's slots) and m->stats (aux and z-loss values, counts, load, dropped
+ * fraction). */
 void mome_moe_route(mome_moe *m, const float *x, size_t N);
-/* Gate backward. dweight (N, k) is d(loss)/d(plan.weight) (0 for dropped slots); adds
+/* Gate backward. dweight (N, plan.k) is d(loss)/d(plan.weight) (0 for dropped slots); adds
  * grad_scale * (aux_coef * d aux + z_coef * d z). dgate_w (E, C) += ..., dx (N, C) += ...; dx may be NULL.
  * Uses m->dlogits as scratch. */
 void mome_moe_route_backward(mome_moe *m, float *dx, float *dgate_w, const float *dweight, const float *x,
