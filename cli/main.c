@@ -99,11 +99,14 @@ static const char *usage_train =
     "  --help-config          list every section and key with its default and range\n";
 
 static const char *usage_eval =
-    "usage: mome eval CHECKPOINT [--data DIR] [--windows N]\n"
+    "usage: mome eval CHECKPOINT [--data DIR] [--windows N] [--router FILE]\n"
     "\n"
-    "Prints the validation loss and perplexity per domain of the model in CHECKPOINT.\n"
-    "  --data DIR    corpus to evaluate on (default: the data.dir the model was trained with)\n"
-    "  --windows N   validation sequences per domain (default: all)\n";
+    "Prints the validation loss and perplexity per domain of the model in CHECKPOINT. For a modular student,\n"
+    "the loss per domain of every way of routing: routed by the router, gold domain, average of all trunks,\n"
+    "each trunk alone and with the common trunk, the common trunk alone.\n"
+    "  --data DIR     corpus to evaluate on (default: the data.dir the model was trained with)\n"
+    "  --windows N    validation sequences per domain (default: all)\n"
+    "  --router FILE  router for a modular student (default: the one its config names)\n";
 
 static const char *usage_generate =
     "usage: mome generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
@@ -294,30 +297,43 @@ static int cmd_train(int argc, char **argv) {
 
 typedef struct {
     mome_config cfg;
+    int modular;            /* the checkpoint holds a modular student */
     mome_gpt model;
+    mome_modular mod;
+    mome_seq_router sr;
+    mome_seqroute_mode routing;
     mome_dataset ds;
 } loaded;
 
-static int load_checkpoint_and_data(const char *ckpt, const char *data_dir, loaded *L) {
+/* The corpus of a checkpoint (its data.dir and domains, or data_dir with every domain), checked against the
+ * tokenizer it was trained with, then the model (router: a router file for a modular student, or NULL). */
+static int load_checkpoint_and_data(const char *ckpt, const char *data_dir, const char *router, loaded *L) {
     memset(L, 0, sizeof *L);
-    int rc = mome_load_model(ckpt, &L->cfg, &L->model);
-    if (rc) return rc;
     mome_ckpt_info info;
-    rc = mome_ckpt_read_info(ckpt, &info);
+    int rc = mome_ckpt_read_info(ckpt, &info);
     if (rc) return rc;
+    L->modular = strcmp(info.model_kind, "modular") == 0;
+    char origin[1100];
+    snprintf(origin, sizeof origin, "%s:/config", ckpt);
+    mome_config_defaults(&L->cfg);
+    rc = mome_config_load_string(&L->cfg, info.config_text, origin);
     const char *dir = data_dir ? data_dir : L->cfg.data.dir;
-    rc = mome_dataset_open(&L->ds, dir, data_dir ? "" : L->cfg.data.domains);
+    if (rc == MOME_OK) rc = mome_dataset_open(&L->ds, dir, data_dir ? "" : L->cfg.data.domains);
     if (rc == MOME_OK && strcmp(info.tokenizer_hash, L->ds.tokenizer_hash) != 0)
         rc = mome_error_set(MOME_EMISMATCH,
                             "%s was trained with tokenizer %s, but corpus %s has tokenizer %s (use --data DIR)", ckpt,
                             info.tokenizer_hash, dir, L->ds.tokenizer_hash);
     mome_ckpt_info_free(&info);
-    return rc;
+    if (rc) return rc;
+    if (L->modular) return mome_load_modular(ckpt, router, &L->cfg, &L->ds, &L->mod, &L->sr, &L->routing);
+    return mome_load_model(ckpt, &L->cfg, &L->model);
 }
 
 static void unload(loaded *L) {
     mome_dataset_close(&L->ds);
     mome_gpt_free(&L->model);
+    mome_modular_free(&L->mod);
+    mome_seq_router_free(&L->sr);
 }
 
 static int cmd_eval(int argc, char **argv) {
@@ -325,12 +341,14 @@ static int cmd_eval(int argc, char **argv) {
         fputs(usage_eval, argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    const char *data_dir = NULL;
+    const char *data_dir = NULL, *router = NULL;
     long windows = 0;
     for (int i = 2; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--data") == 0 && v) {
             data_dir = v, i++;
+        } else if (strcmp(argv[i], "--router") == 0 && v) {
+            router = v, i++;
         } else if (strcmp(argv[i], "--windows") == 0 && v) {
             if (parse_long(v, &windows) || windows < 1) {
                 fprintf(stderr, "mome eval: --windows %s: expected a positive integer\n", v);
@@ -349,18 +367,35 @@ static int cmd_eval(int argc, char **argv) {
     mome_log_set_rank(rank, world);
     mome_set_threads(0);
     loaded L;
-    int rc = load_checkpoint_and_data(argv[1], data_dir, &L);
+    int rc = load_checkpoint_and_data(argv[1], data_dir, router, &L);
     int worst = rc;
     MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     int code = 0;
     if (worst == MOME_OK) {
         int B = L.cfg.train.batch_size / world > 0 ? L.cfg.train.batch_size / world : 1;
-        rc = mome_gpt_reserve(&L.model, B, L.cfg.model.seq_len);
-        mome_eval_result r;
-        if (rc == MOME_OK) rc = mome_evaluate(&L.model, &L.ds, L.cfg.model.seq_len, B, windows, MPI_COMM_WORLD, &r);
-        if (rc == MOME_OK && rank == 0) {
-            printf("checkpoint %s on %s\n", argv[1], L.ds.dir);
-            mome_eval_print(stdout, NULL, &r);
+        const int T = L.cfg.model.seq_len;
+        if (L.modular) {
+            /* every way of routing (the run's own first), loss per domain; every rank holds every trunk */
+            mome_modular_variant v[2 * MOME_MAX_DOMAINS + 4];
+            const int n = mome_modular_variants(&L.mod, &L.sr, &L.ds, v, (int)(sizeof v / sizeof v[0]));
+            mome_eval_result *vr = mome_calloc((size_t)n, sizeof *vr);
+            rc = mome_modular_reserve(&L.mod, B, T);
+            for (int i = 0; i < n && rc == MOME_OK; i++)
+                rc = mome_modular_evaluate(&L.mod, &L.sr, &v[i], &L.ds, T, B, windows, MPI_COMM_WORLD, &vr[i]);
+            if (rc == MOME_OK && rank == 0) {
+                printf("checkpoint %s (modular, %d trunks%s, trained with routing = %s) on %s\n", argv[1],
+                       L.mod.cfg.n_experts, L.mod.cfg.common ? " + common" : "", L.cfg.modular.routing, L.ds.dir);
+                mome_modular_variants_print(stdout, v, vr, n);
+            }
+            mome_free(vr);
+        } else {
+            rc = mome_gpt_reserve(&L.model, B, T);
+            mome_eval_result r;
+            if (rc == MOME_OK) rc = mome_evaluate(&L.model, &L.ds, T, B, windows, MPI_COMM_WORLD, &r);
+            if (rc == MOME_OK && rank == 0) {
+                printf("checkpoint %s on %s\n", argv[1], L.ds.dir);
+                mome_eval_print(stdout, NULL, &r);
+            }
         }
         if (rc) code = fail("eval");
     } else if (rc != MOME_OK) {
@@ -401,7 +436,9 @@ static int cmd_generate(int argc, char **argv) {
     }
     mome_set_threads(0);
     loaded L;
-    int rc = load_checkpoint_and_data(argv[1], data_dir, &L);
+    int rc = load_checkpoint_and_data(argv[1], data_dir, NULL, &L);
+    if (rc == MOME_OK && L.modular)
+        rc = mome_error_set(MOME_EINVAL, "%s holds a modular student: generation supports GPT checkpoints", argv[1]);
     if (rc) {
         unload(&L);
         return fail("generate");

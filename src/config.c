@@ -95,6 +95,9 @@ static const field schema[] = {
     {"data", "dir", T_STR, F(data, dir), "data/default", 0, 0, "corpus directory written by `mome data build`"},
     {"data", "domains", T_STR, F(data, domains), "", 0, 0,
      "comma-separated subset of the corpus domains; empty: every domain"},
+    {"data", "order", T_STR, F(data, order), "balanced", 0, 0,
+     "balanced (the domains in turn, every batch mixed) | sequential (the steps split into one phase per domain, "
+     "in the order of data.domains or the corpus)"},
 
     {"checkpoint", "dir", T_STR, F(checkpoint, dir), "checkpoints", 0, 0,
      "checkpoints go to <dir>/<run_name>/"},
@@ -130,6 +133,19 @@ static const field schema[] = {
      "forward: KL(teacher || student) | reverse: KL(student || teacher)"},
     {"kd", "teacher_topk", T_INT, F(kd, teacher_topk), "0", 0, 1048576,
      "send the teacher's top-k log-probs plus the tail mass per position instead of full logits; 0: full"},
+    {"kd", "method", T_STR, F(kd, method), "topk", 0, 0,
+     "how an MoE teacher routes: topk (as trained) | all (every expert, softmax weights) | ka (knowledge "
+     "augmentation: ka_passes passes, experts sampled with probability ka_lambda, KD loss averaged) | sar "
+     "(student-aware router: all experts, the teacher's gate trained against the student); not topk: MoE teacher"},
+    {"kd", "ka_passes", T_INT, F(kd, ka_passes), "2", 1, 64,
+     "method=ka: teacher passes M per micro-batch (M teacher forwards); the KD loss is the mean over the passes"},
+    {"kd", "ka_lambda", T_FLOAT, F(kd, ka_lambda), "0.05", 0, 1,
+     "method=ka: per token and layer, the probability of drawing ka_n experts from the gate instead of the top ka_n"},
+    {"kd", "ka_n", T_INT, F(kd, ka_n), "0", 0, 65536, "method=ka: experts per token; 0: the teacher's n_experts - 1"},
+    {"kd", "sar_lr", T_FLOAT, F(kd, sar_lr), "1e-6", 0, 1,
+     "method=sar: learning rate of the teacher's gate (its own AdamW, constant, no weight decay)"},
+    {"kd", "sar_aux_coef", T_FLOAT, F(kd, sar_aux_coef), "0.01", 0, 100,
+     "method=sar: weight of the Switch load-balancing term (f_e from the teacher's top_k) in the router loss"},
 
     {"parallel", "ep", T_INT, F(parallel, ep), "0", 0, 1048576,
      "ranks in an expert-parallel group (must divide the world size); 0: all ranks"},
@@ -150,13 +166,28 @@ static const field schema[] = {
      "seconds between repeated mome.meta messages (also sent to every new subscriber)"},
     {"monitor", "sgemm_probe", T_INT, F(monitor, sgemm_probe), "1", 0, 1,
      "1: rank 0 measures the sgemm rate at start (0.3 s) so that mome.train can report MFU"},
+
+    {"modular", "enabled", T_INT, F(modular, enabled), "0", 0, 1,
+     "1: train a modular student (shared embedding and head, one expert trunk per domain) instead of the GPT of "
+     "[model] and [moe]; [model] gives vocab_size, seq_len, n_head, d_model, d_ff"},
+    {"modular", "experts", T_STR, F(modular, experts), "", 0, 0,
+     "comma-separated domain names, one expert trunk each, in this order; empty: the domains of the data"},
+    {"modular", "trunk_layers", T_INT, F(modular, trunk_layers), "0", 0, 1024,
+     "transformer blocks per trunk (expert and common); 0: [model] n_layer"},
+    {"modular", "common", T_INT, F(modular, common), "0", 0, 1,
+     "1: a common trunk every sequence also passes through; the hidden state is the mean of the two outputs"},
+    {"modular", "routing", T_STR, F(modular, routing), "router", 0, 0,
+     "router (each sequence to the trunk the router classifier picks from its text) | gold (to its domain's "
+     "trunk) | average (through every trunk, outputs averaged)"},
+    {"modular", "router", T_STR, F(modular, router), "", 0, 0,
+     "router file (`mome route train`) for routing=router; empty: <data.dir>/router.h5"},
 };
 #undef F
 
 #define N_FIELDS (sizeof schema / sizeof schema[0])
 
-static const char *const sections[] = {"model", "train", "data", "checkpoint", "moe",
-                                       "teacher", "kd", "parallel", "monitor"};
+static const char *const sections[] = {"model", "train",    "data",    "checkpoint", "moe",
+                                       "teacher", "kd",      "parallel", "monitor",  "modular"};
 #define N_SECTIONS (sizeof sections / sizeof sections[0])
 
 static const char *type_name(field_type t) {
@@ -595,6 +626,19 @@ static int name_ok(const char *s) {
     return 1;
 }
 
+/* "" or comma-separated names of letters, digits, '_', '-', '.' with no empty entry. */
+static int name_list_ok(const char *d) {
+    if (!d[0]) return 1;
+    for (const char *p = d;;) {
+        const size_t n = strcspn(p, ",");
+        if (n == 0) return 0;
+        for (size_t i = 0; i < n; i++)
+            if (!(isalnum((unsigned char)p[i]) || p[i] == '_' || p[i] == '-' || p[i] == '.')) return 0;
+        if (!p[n]) return 1;
+        p += n + 1;
+    }
+}
+
 int mome_config_validate(const mome_config *cfg) {
     const mome_model_section *m = &cfg->model;
     const mome_train_section *t = &cfg->train;
@@ -634,6 +678,11 @@ int mome_config_validate(const mome_config *cfg) {
         return mome_error_set(MOME_ECONFIG,
                               "config: [train] resume = '%s': expected none, auto or a readable checkpoint file (%s)",
                               t->resume, strerror(errno));
+    if (cfg->modular.enabled && cfg->moe.n_experts > 0)
+        return mome_error_set(MOME_ECONFIG,
+                              "config: [modular] enabled = 1 with [moe] n_experts = %d: a modular student's trunks "
+                              "have dense MLPs; set one or the other",
+                              cfg->moe.n_experts);
     if (cfg->moe.n_experts > 0 && cfg->moe.top_k > cfg->moe.n_experts)
         return mome_error_set(MOME_ECONFIG, "config: [moe] top_k = %d is larger than n_experts = %d", cfg->moe.top_k,
                               cfg->moe.n_experts);
@@ -651,6 +700,9 @@ int mome_config_validate(const mome_config *cfg) {
             {"kd", "alpha_mode", cfg->kd.alpha_mode, "fixed|adaptive"},
             {"kd", "schedule", cfg->kd.schedule, "combined|alternating"},
             {"kd", "direction", cfg->kd.direction, "forward|reverse"},
+            {"kd", "method", cfg->kd.method, "topk|all|ka|sar"},
+            {"data", "order", cfg->data.order, "balanced|sequential"},
+            {"modular", "routing", cfg->modular.routing, "router|gold|average"},
         };
         for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++) {
             const char *v = choices[i].value, *a = choices[i].allowed;
@@ -668,24 +720,16 @@ int mome_config_validate(const mome_config *cfg) {
     }
     if (!cfg->data.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [data] dir is empty");
     if (!cfg->checkpoint.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [checkpoint] dir is empty");
-    /* domains: comma-separated names, no empty entries. */
-    const char *d = cfg->data.domains;
-    if (d[0]) {
-        const char *p = d;
-        for (;;) {
-            size_t n = strcspn(p, ",");
-            int ok = n > 0;
-            for (size_t i = 0; i < n && ok; i++)
-                ok = isalnum((unsigned char)p[i]) || p[i] == '_' || p[i] == '-' || p[i] == '.';
-            if (!ok)
-                return mome_error_set(MOME_ECONFIG,
-                                      "config: [data] domains = '%s': expected comma-separated domain names "
-                                      "(letters, digits, '_', '-', '.'), no spaces or empty entries",
-                                      d);
-            if (!p[n]) break;
-            p += n + 1;
-        }
-    }
+    /* domain lists: comma-separated names, no empty entries. */
+    const struct {
+        const char *section, *key, *value;
+    } lists[] = {{"data", "domains", cfg->data.domains}, {"modular", "experts", cfg->modular.experts}};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        if (!name_list_ok(lists[i].value))
+            return mome_error_set(MOME_ECONFIG,
+                                  "config: [%s] %s = '%s': expected comma-separated domain names (letters, digits, "
+                                  "'_', '-', '.'), no spaces or empty entries",
+                                  lists[i].section, lists[i].key, lists[i].value);
     return MOME_OK;
 }
 

@@ -132,7 +132,13 @@ void mome_dataset_close(mome_dataset *ds) {
 }
 
 void mome_dataset_sample(const mome_dataset *ds, uint64_t seed, uint64_t g, int T, int32_t *tokens, int *domain) {
-    int d = (int)(g % (uint64_t)ds->n_domains);
+    const int d = (int)(g % (uint64_t)ds->n_domains);
+    mome_dataset_sample_from(ds, d, seed, g, T, tokens);
+    if (domain) *domain = d;
+}
+
+void mome_dataset_sample_from(const mome_dataset *ds, int d, uint64_t seed, uint64_t g, int T, int32_t *tokens) {
+    MOME_CHECK(d >= 0 && d < ds->n_domains, "sample: domain %d outside [0, %d)", d, ds->n_domains);
     const mome_domain_tokens *dt = &ds->domains[d];
     MOME_CHECK(dt->n_train > (size_t)T + 1, "domain %s has %zu train tokens, fewer than a sequence of %d", dt->name,
                dt->n_train, T + 1);
@@ -140,7 +146,6 @@ void mome_dataset_sample(const mome_dataset *ds, uint64_t seed, uint64_t g, int 
     mome_rng_stream(&rng, seed, 0x5a3b1e, g);
     size_t off = (size_t)mome_rng_below(&rng, dt->n_train - (size_t)T - 1);
     for (int t = 0; t <= T; t++) tokens[t] = dt->train[off + (size_t)t];
-    if (domain) *domain = d;
 }
 
 size_t mome_dataset_val_windows(const mome_dataset *ds, int d, int T) {

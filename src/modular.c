@@ -582,3 +582,11 @@ void mome_modular_backward(mome_modular *m, const int32_t *inputs, const int32_t
     }
     mome_encoder_backward(gwte, shared_tensor(m, m->grads, "wpe"), a->dx, inputs, B, T, C);
 }
+
+double mome_modular_flops_per_token(const mome_modular_config *c, int T) {
+    /* a routed sequence runs one expert trunk and the common trunk: their blocks, the attention scores and the
+     * tied head (as mome_gpt_flops_per_token counts a dense GPT) */
+    const double L = (double)c->trunk_layers * (1.0 + c->common), C = c->d_model, F = c->d_ff, V = c->vocab_size;
+    const double t_avg = 0.5 * ((double)T + 1.0);
+    return 2.0 * (L * (4.0 * C * C + 2.0 * C * F) + V * C) + 2.0 * 2.0 * L * C * t_avg;
+}

@@ -67,15 +67,58 @@ static int model_config_from(const mome_config *cfg, int vocab, mome_gpt_config 
     return mome_gpt_config_check(mc);
 }
 
+static int modular_config_from(const mome_config *cfg, int vocab, int n_trunks, mome_modular_config *mc) {
+    if (cfg->model.vocab_size != 0 && cfg->model.vocab_size != vocab)
+        return mome_error_set(MOME_EMISMATCH, "[model] vocab_size = %d but the corpus tokenizer has %d tokens",
+                              cfg->model.vocab_size, vocab);
+    *mc = (mome_modular_config){.vocab_size = vocab,
+                                .seq_len = cfg->model.seq_len,
+                                .d_model = cfg->model.d_model,
+                                .n_head = cfg->model.n_head,
+                                .d_ff = cfg->model.d_ff > 0 ? cfg->model.d_ff : 4 * cfg->model.d_model,
+                                .n_experts = n_trunks,
+                                .trunk_layers = cfg->modular.trunk_layers > 0 ? cfg->modular.trunk_layers
+                                                                              : cfg->model.n_layer,
+                                .common = cfg->modular.common};
+    return mome_modular_config_check(mc);
+}
+
+/* The router file of a config: [modular] router, or <data.dir>/router.h5. */
+void mome_modular_router_path(const mome_config *cfg, char *out, size_t cap) {
+    if (cfg->modular.router[0])
+        snprintf(out, cap, "%s", cfg->modular.router);
+    else
+        snprintf(out, cap, "%s/router.h5", cfg->data.dir);
+}
+
+int mome_modular_routing_open(const mome_config *cfg, const mome_dataset *ds, mome_seq_router *sr,
+                              mome_seqroute_mode *mode) {
+    *mode = (mome_seqroute_mode)mome_seqroute_mode_parse(cfg->modular.routing);
+    char path[MOME_CFG_STR + 16];
+    mome_modular_router_path(cfg, path, sizeof path);
+    /* The router is needed to route by it; with another routing it is still loaded when there is one, for the
+     * evaluation's "routed" variant. */
+    const int load = *mode == MOME_SEQROUTE_ROUTER || access(path, R_OK) == 0;
+    int rc = mome_seq_router_init(sr, load ? MOME_SEQROUTE_ROUTER : *mode, cfg->modular.experts, ds, path,
+                                  cfg->model.seq_len);
+    if (rc == MOME_OK && *mode == MOME_SEQROUTE_GOLD)
+        for (int d = 0; d < ds->n_domains; d++)
+            if (sr->domain_trunk[d] < 0) {
+                rc = mome_error_set(MOME_ECONFIG, "[modular] routing = gold: the data's domain '%s' has no trunk "
+                                    "in [modular] experts = '%s'", ds->domains[d].name, cfg->modular.experts);
+                mome_seq_router_free(sr);
+                break;
+            }
+    return rc;
+}
+
 /* ---- evaluation ---- */
 
-int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_windows, MPI_Comm comm,
-                  mome_eval_result *out) {
+int mome_evaluate_with(mome_eval_forward fn, void *ctx, const mome_dataset *ds, int T, int B, long max_windows,
+                       MPI_Comm comm, mome_eval_result *out) {
     int rank, world;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &world);
-    MOME_CHECK(B >= 1 && B <= m->max_B && T <= m->max_T, "evaluate: batch %dx%d exceeds reserved %dx%d", B, T,
-               m->max_B, m->max_T);
     int32_t *buf = mome_malloc((size_t)B * (size_t)(T + 1) * sizeof *buf);
     int32_t *inp = mome_malloc((size_t)B * (size_t)T * sizeof *inp);
     int32_t *tgt = mome_malloc((size_t)B * (size_t)T * sizeof *tgt);
@@ -104,10 +147,11 @@ int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_wi
                 memcpy(inp, buf, (size_t)T * sizeof *inp);
                 b = 1;
             }
-            mome_gpt_forward(m, inp, b, T);
+            int vocab = 0;
+            float *logits = fn(ctx, inp, b, T, d, &vocab);
             if (real == 0) continue;
             size_t valid = 0;
-            sums[2 * d] += mome_xent_forward_backward(m->logits, tgt, (size_t)b * T, m->cfg.vocab_size, 0.0f, &valid);
+            sums[2 * d] += mome_xent_forward_backward(logits, tgt, (size_t)b * T, vocab, 0.0f, &valid);
             sums[2 * d + 1] += (double)valid;
         }
     }
@@ -120,6 +164,103 @@ int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_wi
     mome_free(inp);
     mome_free(tgt);
     return MOME_OK;
+}
+
+static float *gpt_eval_forward(void *ctx, const int32_t *inputs, int B, int T, int domain, int *vocab) {
+    (void)domain;
+    mome_gpt *m = ctx;
+    mome_gpt_forward(m, inputs, B, T);
+    *vocab = m->cfg.vocab_size;
+    return m->logits;
+}
+
+int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_windows, MPI_Comm comm,
+                  mome_eval_result *out) {
+    MOME_CHECK(B >= 1 && B <= m->max_B && T <= m->max_T, "evaluate: batch %dx%d exceeds reserved %dx%d", B, T,
+               m->max_B, m->max_T);
+    return mome_evaluate_with(gpt_eval_forward, m, ds, T, B, max_windows, comm, out);
+}
+
+int mome_modular_variants(const mome_modular *m, const mome_seq_router *r, const mome_dataset *ds,
+                          mome_modular_variant *v, int max) {
+    int n = 0;
+#define ADD(nm, md, tr, uc)                                                                                     \
+    do {                                                                                                        \
+        if (n < max) {                                                                                          \
+            snprintf(v[n].name, sizeof v[n].name, "%s", nm);                                                    \
+            v[n].mode = md, v[n].trunk = tr, v[n].use_common = uc;                                              \
+        }                                                                                                       \
+        n++;                                                                                                    \
+    } while (0)
+    if (r->router) ADD("routed", MOME_SEQROUTE_ROUTER, MOME_VARIANT_BY_MODE, 1);
+    int gold_ok = 1;
+    for (int d = 0; d < ds->n_domains; d++) gold_ok &= r->domain_trunk[d] >= 0;
+    if (gold_ok) ADD("gold", MOME_SEQROUTE_GOLD, MOME_VARIANT_BY_MODE, 1);
+    ADD("average", MOME_SEQROUTE_AVERAGE, MOME_VARIANT_BY_MODE, 1);
+    for (int e = 0; e < r->n_trunks; e++) {
+        char name[48];
+        snprintf(name, sizeof name, "%s", r->names[e]);
+        ADD(name, MOME_SEQROUTE_GOLD, e, 0);
+        if (m->cfg.common) {
+            snprintf(name, sizeof name, "%s+common", r->names[e]);
+            ADD(name, MOME_SEQROUTE_GOLD, e, 1);
+        }
+    }
+    if (m->cfg.common) ADD("common", MOME_SEQROUTE_GOLD, MOME_ROUTE_COMMON, 1);
+#undef ADD
+    return n;
+}
+
+typedef struct {
+    mome_modular *m;
+    mome_seq_router *r;
+    const mome_modular_variant *v;
+    int32_t *routes;
+    int *domains;
+} modular_eval_ctx;
+
+static float *modular_eval_forward(void *ctx, const int32_t *inputs, int B, int T, int domain, int *vocab) {
+    modular_eval_ctx *c = ctx;
+    for (int b = 0; b < B; b++) c->domains[b] = domain;
+    if (c->v->trunk == MOME_VARIANT_BY_MODE)
+        mome_seq_router_route(c->r, (mome_seqroute_mode)c->v->mode, inputs, c->domains, B, T, c->routes);
+    else
+        for (int b = 0; b < B; b++) c->routes[b] = c->v->trunk;
+    c->m->use_common = c->v->use_common;
+    mome_modular_forward(c->m, inputs, c->routes, B, T);
+    c->m->use_common = 1;
+    *vocab = c->m->cfg.vocab_size;
+    return c->m->logits;
+}
+
+int mome_modular_evaluate(mome_modular *m, mome_seq_router *r, const mome_modular_variant *v, const mome_dataset *ds,
+                          int T, int B, long max_windows, MPI_Comm comm, mome_eval_result *out) {
+    MOME_CHECK(B >= 1 && B <= m->max_B && T <= m->max_T, "evaluate: batch %dx%d exceeds reserved %dx%d", B, T,
+               m->max_B, m->max_T);
+    modular_eval_ctx c = {m, r, v, mome_malloc((size_t)B * sizeof(int32_t)), mome_malloc((size_t)B * sizeof(int))};
+    const long agree0 = r->n_agree, routed0 = r->n_routed; /* evaluation does not count in the training agreement */
+    const int rc = mome_evaluate_with(modular_eval_forward, &c, ds, T, B, max_windows, comm, out);
+    r->n_agree = agree0, r->n_routed = routed0;
+    mome_free(c.routes);
+    mome_free(c.domains);
+    return rc;
+}
+
+void mome_modular_variants_print(FILE *out, const mome_modular_variant *v, const mome_eval_result *r, int n) {
+    if (n == 0) return;
+    fprintf(out, "%-16s", "variant");
+    for (int d = 0; d < r[0].n_domains; d++) fprintf(out, " %10s", r[0].name[d]);
+    fprintf(out, " %10s\n", "mean");
+    for (int i = 0; i < n; i++) {
+        double sum = 0.0;
+        fprintf(out, "%-16s", v[i].name);
+        for (int d = 0; d < r[i].n_domains; d++) {
+            fprintf(out, " %10.4f", r[i].loss[d]);
+            sum += r[i].loss[d];
+        }
+        fprintf(out, " %10.4f\n", sum / r[i].n_domains);
+    }
+    fflush(out);
 }
 
 void mome_eval_print(FILE *out, const mome_eval_result *before, const mome_eval_result *after) {
@@ -140,15 +281,51 @@ void mome_eval_print(FILE *out, const mome_eval_result *before, const mome_eval_
 
 /* ---- loading ---- */
 
-int mome_load_model(const char *ckpt_path, mome_config *cfg, mome_gpt *m) {
+/* The stored config of a checkpoint, checked to hold a model of `kind`. */
+static int load_config(const char *ckpt_path, const char *kind, mome_config *cfg, char *origin, size_t cap) {
     mome_ckpt_info info;
     int rc = mome_ckpt_read_info(ckpt_path, &info);
     if (rc) return rc;
+    if (strcmp(info.model_kind, kind) != 0) {
+        rc = mome_error_set(MOME_EMISMATCH, "%s holds a '%s' model, not a '%s' one%s", ckpt_path, info.model_kind,
+                            kind,
+                            strcmp(info.model_kind, "modular") == 0
+                                ? " (a modular student cannot be a teacher or generate text yet; `mome eval` "
+                                  "evaluates it)"
+                                : "");
+        mome_ckpt_info_free(&info);
+        return rc;
+    }
     mome_config_defaults(cfg);
-    char origin[1100];
-    snprintf(origin, sizeof origin, "%s:/config", ckpt_path);
+    snprintf(origin, cap, "%s:/config", ckpt_path);
     rc = mome_config_load_string(cfg, info.config_text, origin);
     mome_ckpt_info_free(&info);
+    return rc;
+}
+
+int mome_load_modular(const char *ckpt_path, const char *router, mome_config *cfg, const mome_dataset *ds,
+                      mome_modular *m, mome_seq_router *sr, mome_seqroute_mode *routing) {
+    char origin[1100];
+    int rc = load_config(ckpt_path, "modular", cfg, origin, sizeof origin);
+    if (rc) return rc;
+    if (router) snprintf(cfg->modular.router, sizeof cfg->modular.router, "%s", router);
+    /* the trunks are named in the stored config ([modular] experts is resolved when training starts) */
+    rc = mome_modular_routing_open(cfg, ds, sr, routing);
+    if (rc) return mome_error_wrap(rc, "%s", origin);
+    mome_modular_config mc;
+    rc = modular_config_from(cfg, cfg->model.vocab_size, sr->n_trunks, &mc);
+    if (rc == MOME_OK) rc = mome_modular_init(m, &mc);
+    if (rc == MOME_OK) rc = mome_ckpt_read_tensors(ckpt_path, &m->table, m->params, NULL, NULL);
+    if (rc) {
+        mome_modular_free(m);
+        mome_seq_router_free(sr);
+    }
+    return rc;
+}
+
+int mome_load_model(const char *ckpt_path, mome_config *cfg, mome_gpt *m) {
+    char origin[1100];
+    int rc = load_config(ckpt_path, "gpt", cfg, origin, sizeof origin);
     if (rc) return rc;
     /* The stored config is the resolved one: vocab_size and d_ff are set. */
     mome_gpt_config mc;
@@ -174,7 +351,18 @@ typedef struct {
     int T, B, B_local, accum;
     mome_dataset ds;
     mome_parallel par;     /* communicators and the expert partition */
+    int modular;           /* the student: 0 the GPT of [model]/[moe], 1 a modular student ([modular]) */
     mome_gpt model;        /* dense tensors, then this rank's experts */
+    mome_modular mod;      /* shared tensors and common trunk, then this rank's expert trunks */
+    /* views of whichever student it is */
+    mome_tensor_table *table;
+    float *params, *grads, *logits;
+    size_t n_dense;        /* floats replicated on every rank (before the experts) */
+    mome_seq_router sr;    /* modular: which trunk each sequence goes to */
+    mome_seqroute_mode routing;
+    int32_t *routes;       /* (B_local) trunk of each sequence of the micro-batch */
+    int *domains;          /* (B_local) data domain of each sequence */
+    double trunk_seqs[MOME_MAX_DOMAINS]; /* modular: sequences sent to each trunk in the last step (global) */
     mome_tensor_table full_table; /* the model with every expert: what checkpoints hold */
     mome_adamw opt;
     mome_distiller kd;     /* the teacher, when [teacher] checkpoint is set */
@@ -198,8 +386,8 @@ static int save_checkpoint(trainer *tr) {
     float *bufs[3] = {NULL, NULL, NULL};
     if (tr->rank == 0)
         for (int b = 0; b < 3; b++) bufs[b] = mome_malloc(full->total * sizeof(float));
-    const float *local[3] = {tr->model.params, tr->opt.m, tr->opt.v};
-    int grc = mome_parallel_gather(&tr->par, &tr->model.table, local, full, bufs, 3);
+    const float *local[3] = {tr->params, tr->opt.m, tr->opt.v};
+    int grc = mome_parallel_gather(&tr->par, tr->table, local, full, bufs, 3);
     MPI_Bcast(&grc, 1, MPI_INT, 0, tr->comm);
     if (grc) {
         for (int b = 0; b < 3; b++) mome_free(bufs[b]);
@@ -224,7 +412,7 @@ static int save_checkpoint(trainer *tr) {
             .world_size = tr->world,
             .config_text = tr->config_text,
             .tokenizer_hash = tr->ds.tokenizer_hash,
-            .model_kind = "gpt",
+            .model_kind = tr->modular ? "modular" : "gpt",
             .table = full,
             .params = bufs[0],
             .adam_m = bufs[1],
@@ -274,8 +462,9 @@ static int resume_from(trainer *tr, const char *path) {
     if (strcmp(info.tokenizer_hash, tr->ds.tokenizer_hash) != 0) {
         rc = mome_error_set(MOME_EMISMATCH, "%s: trained with tokenizer %s, but corpus %s has tokenizer %s", path,
                             info.tokenizer_hash, tr->ds.dir, tr->ds.tokenizer_hash);
-    } else if (strcmp(info.model_kind, "gpt") != 0) {
-        rc = mome_error_set(MOME_EMISMATCH, "%s: holds a '%s' model, this run trains 'gpt'", path, info.model_kind);
+    } else if (strcmp(info.model_kind, tr->modular ? "modular" : "gpt") != 0) {
+        rc = mome_error_set(MOME_EMISMATCH, "%s: holds a '%s' model, this run trains '%s'", path, info.model_kind,
+                            tr->modular ? "modular" : "gpt");
     }
     if (rc == MOME_OK) {
         /* Read every expert, keep this rank's: resuming works on any number of ranks. */
@@ -284,9 +473,9 @@ static int resume_from(trainer *tr, const char *path) {
         float *fv = mome_malloc(full->total * sizeof(float));
         rc = mome_ckpt_read_tensors(path, full, fp, fm, fv);
         if (rc == MOME_OK) {
-            mome_table_copy_experts(&tr->model.table, tr->model.params, tr->par.expert_first, full, fp, 0);
-            mome_table_copy_experts(&tr->model.table, tr->opt.m, tr->par.expert_first, full, fm, 0);
-            mome_table_copy_experts(&tr->model.table, tr->opt.v, tr->par.expert_first, full, fv, 0);
+            mome_table_copy_experts(tr->table, tr->params, tr->par.expert_first, full, fp, 0);
+            mome_table_copy_experts(tr->table, tr->opt.m, tr->par.expert_first, full, fm, 0);
+            mome_table_copy_experts(tr->table, tr->opt.v, tr->par.expert_first, full, fv, 0);
         }
         mome_free(fp);
         mome_free(fm);
@@ -369,7 +558,17 @@ static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *
     json_object_set_new(o, "dropped_frac", has_moe ? json_num(ms->dropped_frac) : json_null());
     json_object_set_new(o, "teacher_bytes", ks ? json_num(ks->bytes) : json_null());
     json_t *load = json_null();
-    if (has_moe) { /* load fractions per layer and expert, of the step's last micro-batch */
+    if (tr->modular) { /* one row: the share of the step's sequences each expert trunk received */
+        double total = 0.0;
+        for (int e = 0; e < tr->mod.cfg.n_experts; e++) total += tr->trunk_seqs[e];
+        json_t *row = json_array();
+        for (int e = 0; e < tr->mod.cfg.n_experts; e++)
+            json_array_append_new(row, json_num(total > 0 ? tr->trunk_seqs[e] / total : NAN));
+        load = json_pack("[o]", row);
+        json_object_set_new(o, "router_agreement", tr->routing == MOME_SEQROUTE_ROUTER && tr->sr.n_routed > 0
+                                                       ? json_real((double)tr->sr.n_agree / (double)tr->sr.n_routed)
+                                                       : json_null());
+    } else if (has_moe) { /* load fractions per layer and expert, of the step's last micro-batch */
         const int L = tr->model.cfg.n_layer, E = tr->model.cfg.n_experts;
         load = json_array();
         for (int l = 0; l < L; l++) {
@@ -382,20 +581,64 @@ static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *
     mome_monitor_publish(tr->mon, "mome.train", tr->step, o);
 }
 
-static void log_eval(trainer *tr, const mome_eval_result *r) {
-    if (tr->rank != 0 || !tr->mon) return;
-    json_t *loss = json_object(), *ppl = json_object();
-    for (int d = 0; d < r->n_domains; d++) {
-        json_object_set_new(loss, r->name[d], json_num(r->loss[d]));
-        json_object_set_new(ppl, r->name[d], json_num(exp(r->loss[d])));
-    }
-    mome_monitor_publish(tr->mon, "mome.eval", tr->step, json_pack("{s:o, s:o}", "val_loss", loss, "val_ppl", ppl));
+static json_t *domain_losses(const mome_eval_result *r) {
+    json_t *loss = json_object();
+    for (int d = 0; d < r->n_domains; d++) json_object_set_new(loss, r->name[d], json_num(r->loss[d]));
+    return loss;
 }
 
-static int run_eval(trainer *tr, mome_eval_result *r) {
-    int rc = mome_evaluate(&tr->model, &tr->ds, tr->T, tr->B_local,
-                           (long)tr->cfg->train.eval_batches * tr->B, tr->comm, r);
-    if (rc == MOME_OK) log_eval(tr, r);
+/* variants (n of them, results vr): the modular student's evaluation variants, added as "variants": {name:
+ * {domain: loss}}. */
+static void log_eval(trainer *tr, const mome_eval_result *r, const mome_modular_variant *v,
+                     const mome_eval_result *vr, int n) {
+    if (tr->rank != 0 || !tr->mon) return;
+    json_t *ppl = json_object();
+    for (int d = 0; d < r->n_domains; d++) json_object_set_new(ppl, r->name[d], json_num(exp(r->loss[d])));
+    json_t *o = json_pack("{s:o, s:o}", "val_loss", domain_losses(r), "val_ppl", ppl);
+    if (n > 0) {
+        json_t *vars = json_object();
+        for (int i = 0; i < n; i++) json_object_set_new(vars, v[i].name, domain_losses(&vr[i]));
+        json_object_set_new(o, "variants", vars);
+    }
+    mome_monitor_publish(tr->mon, "mome.eval", tr->step, o);
+}
+
+/* The training routing's variant of a modular student. */
+static mome_modular_variant routing_variant(const trainer *tr) {
+    mome_modular_variant v = {.mode = tr->routing, .trunk = MOME_VARIANT_BY_MODE, .use_common = 1};
+    snprintf(v.name, sizeof v.name, "%s",
+             tr->routing == MOME_SEQROUTE_ROUTER ? "routed" : tr->routing == MOME_SEQROUTE_GOLD ? "gold" : "average");
+    return v;
+}
+
+/* Validation loss per domain, as the run routes (r); with all_variants, a modular student is also evaluated every
+ * other way (mome_modular_variants) and the table is printed on rank 0. */
+static int run_eval(trainer *tr, mome_eval_result *r, int all_variants) {
+    const long windows = (long)tr->cfg->train.eval_batches * tr->B;
+    if (!tr->modular) {
+        int rc = mome_evaluate(&tr->model, &tr->ds, tr->T, tr->B_local, windows, tr->comm, r);
+        if (rc == MOME_OK) log_eval(tr, r, NULL, NULL, 0);
+        return rc;
+    }
+    const mome_modular_variant mine = routing_variant(tr);
+    int rc = mome_modular_evaluate(&tr->mod, &tr->sr, &mine, &tr->ds, tr->T, tr->B_local, windows, tr->comm, r);
+    if (rc || !all_variants) {
+        if (rc == MOME_OK) log_eval(tr, r, NULL, NULL, 0);
+        return rc;
+    }
+    mome_modular_variant v[2 * MOME_MAX_DOMAINS + 4];
+    const int n = mome_modular_variants(&tr->mod, &tr->sr, &tr->ds, v, (int)(sizeof v / sizeof v[0]));
+    mome_eval_result *vr = mome_calloc((size_t)n, sizeof *vr);
+    for (int i = 0; i < n && rc == MOME_OK; i++)
+        rc = mome_modular_evaluate(&tr->mod, &tr->sr, &v[i], &tr->ds, tr->T, tr->B_local, windows, tr->comm, &vr[i]);
+    if (rc == MOME_OK) {
+        log_eval(tr, r, v, vr, n);
+        if (tr->rank == 0) {
+            mome_info("validation loss of every routing variant (rows) per domain:");
+            mome_modular_variants_print(stdout, v, vr, n);
+        }
+    }
+    mome_free(vr);
     return rc;
 }
 
@@ -412,34 +655,65 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
         return mome_error_set(MOME_ECONFIG, "[train] batch_size = %d is not divisible by the %d ranks", tr->B,
                               tr->world);
     tr->B_local = tr->B / tr->world;
-    /* Collective, and its errors are the same on every rank: done before anything that can fail on one rank. */
-    int rc = mome_parallel_init(&tr->par, comm, cfg->parallel.ep, cfg->moe.n_experts);
-    if (rc) return rc;
-    rc = mome_dataset_open(&tr->ds, cfg->data.dir, cfg->data.domains);
-    if (rc) return rc;
-    for (int d = 0; d < tr->ds.n_domains; d++)
+    /* The data and, for a modular student, its trunks and router first: every rank agrees on them before the
+     * collective set-up of the parallel layout. */
+    tr->modular = cfg->modular.enabled;
+    int rc = mome_dataset_open(&tr->ds, cfg->data.dir, cfg->data.domains);
+    for (int d = 0; rc == MOME_OK && d < tr->ds.n_domains; d++)
         if (tr->ds.domains[d].n_train <= (size_t)tr->T + 1)
-            return mome_error_set(MOME_EINVAL, "domain %s has %zu train tokens, too few for seq_len %d",
-                                  tr->ds.domains[d].name, tr->ds.domains[d].n_train, tr->T);
+            rc = mome_error_set(MOME_EINVAL, "domain %s has %zu train tokens, too few for seq_len %d",
+                                tr->ds.domains[d].name, tr->ds.domains[d].n_train, tr->T);
+    if (rc == MOME_OK && tr->modular) rc = mome_modular_routing_open(cfg, &tr->ds, &tr->sr, &tr->routing);
+    rc = agree(rc, comm);
+    if (rc) return rc;
+    const int n_experts = tr->modular ? tr->sr.n_trunks : cfg->moe.n_experts;
+    rc = mome_parallel_init(&tr->par, comm, cfg->parallel.ep, n_experts);
+    if (rc) return rc;
     mome_gpt_config mc;
-    rc = model_config_from(cfg, tr->ds.vocab_size, &mc);
-    if (rc) return rc;
-    rc = mome_gpt_init_experts(&tr->model, &mc, tr->par.expert_first, tr->par.expert_count);
-    if (rc) return rc;
-    mome_gpt_init_weights(&tr->model, cfg->train.seed);
-    mome_table_with_experts(&tr->model.table, mc.n_experts, &tr->full_table);
-    /* MoE routing statistics (capacity, load balance) over the whole global batch, and experts reached through
-     * the dispatch when they are spread over several ranks. */
-    if (mc.n_experts > 0 && tr->world > 1)
-        mome_gpt_set_parallel(&tr->model, comm, tr->par.ep > 1 ? &tr->par.dispatch : NULL);
+    mome_modular_config mmc;
+    if (tr->modular) {
+        rc = modular_config_from(cfg, tr->ds.vocab_size, tr->sr.n_trunks, &mmc);
+        if (rc) return rc;
+        rc = mome_modular_init_experts(&tr->mod, &mmc, tr->par.expert_first, tr->par.expert_count);
+        if (rc) return rc;
+        mome_modular_init_weights(&tr->mod, cfg->train.seed);
+        if (tr->par.ep > 1) rc = mome_modular_set_dispatch(&tr->mod, &tr->par.dispatch);
+        if (rc == MOME_OK) rc = mome_modular_reserve(&tr->mod, tr->B_local, tr->T);
+        if (rc) return rc;
+        tr->table = &tr->mod.table;
+        tr->params = tr->mod.params;
+        tr->grads = tr->mod.grads;
+        tr->logits = tr->mod.logits;
+        tr->n_dense = tr->mod.n_dense;
+        tr->routes = mome_calloc((size_t)tr->B_local, sizeof *tr->routes);
+        tr->domains = mome_calloc((size_t)tr->B_local, sizeof *tr->domains);
+        mc.vocab_size = mmc.vocab_size;
+        mc.d_ff = mmc.d_ff;
+    } else {
+        rc = model_config_from(cfg, tr->ds.vocab_size, &mc);
+        if (rc) return rc;
+        rc = mome_gpt_init_experts(&tr->model, &mc, tr->par.expert_first, tr->par.expert_count);
+        if (rc) return rc;
+        mome_gpt_init_weights(&tr->model, cfg->train.seed);
+        /* MoE routing statistics (capacity, load balance) over the whole global batch, and experts reached
+         * through the dispatch when they are spread over several ranks. */
+        if (mc.n_experts > 0 && tr->world > 1)
+            mome_gpt_set_parallel(&tr->model, comm, tr->par.ep > 1 ? &tr->par.dispatch : NULL);
+        rc = mome_gpt_reserve(&tr->model, tr->B_local, tr->T);
+        if (rc) return rc;
+        tr->table = &tr->model.table;
+        tr->params = tr->model.params;
+        tr->grads = tr->model.grads;
+        tr->logits = tr->model.logits;
+        tr->n_dense = tr->model.n_dense;
+    }
+    mome_table_with_experts(tr->table, n_experts, &tr->full_table);
     rc = mome_distill_init(&tr->kd, cfg, tr->ds.tokenizer_hash, tr->ds.vocab_size, tr->B_local, tr->T, comm);
     if (rc) return rc;
     tr->schedule = strcmp(cfg->kd.schedule, "alternating") == 0 ? MOME_KD_ALTERNATING : MOME_KD_COMBINED;
     rc = mome_kd_alpha_init(&tr->alpha,
                             strcmp(cfg->kd.alpha_mode, "adaptive") == 0 ? MOME_KD_ALPHA_ADAPTIVE : MOME_KD_ALPHA_FIXED,
                             cfg->kd.alpha, mome_kd_alpha_window((uint64_t)cfg->train.steps));
-    if (rc) return rc;
-    rc = mome_gpt_reserve(&tr->model, tr->B_local, tr->T);
     if (rc) return rc;
     mome_adamw_config oc = {
         .lr = cfg->train.lr,
@@ -452,7 +726,7 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
         .weight_decay = cfg->train.weight_decay,
         .grad_clip = cfg->train.grad_clip,
     };
-    rc = mome_adamw_init(&tr->opt, &oc, tr->model.table.total);
+    rc = mome_adamw_init(&tr->opt, &oc, tr->table->total);
     if (rc) return rc;
     mome_rng_stream(&tr->rng, cfg->train.seed, 0x7a11, (uint64_t)tr->rank);
 
@@ -460,6 +734,14 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
     mome_config resolved = *cfg;
     resolved.model.vocab_size = mc.vocab_size;
     resolved.model.d_ff = mc.d_ff;
+    if (tr->modular) { /* the trunks by name and depth, so that the checkpoint describes itself */
+        resolved.modular.trunk_layers = mmc.trunk_layers;
+        resolved.modular.experts[0] = 0;
+        for (int e = 0; e < tr->sr.n_trunks; e++)
+            snprintf(resolved.modular.experts + strlen(resolved.modular.experts),
+                     sizeof resolved.modular.experts - strlen(resolved.modular.experts), "%s%s", e ? "," : "",
+                     tr->sr.names[e]);
+    }
     snprintf(resolved.train.resume, sizeof resolved.train.resume, "none");
     tr->config_text = mome_config_to_string(&resolved);
 
@@ -479,6 +761,10 @@ static void trainer_free(trainer *tr) {
     mome_distill_free(&tr->kd);
     mome_kd_alpha_free(&tr->alpha);
     mome_gpt_free(&tr->model);
+    mome_modular_free(&tr->mod);
+    mome_seq_router_free(&tr->sr);
+    mome_free(tr->routes);
+    mome_free(tr->domains);
     mome_dataset_close(&tr->ds);
 }
 
@@ -503,14 +789,26 @@ static int open_monitor(trainer *tr) {
                                     .meta_every_s = cfg->monitor.meta_every_s};
     int rc = mome_monitor_open(&tr->mon, &mc, tr->run_dir, cfg->train.run_name, tr->step);
     if (rc) return rc;
-    const mome_gpt_config *g = &tr->model.cfg;
-    tr->flop_per_token = 3.0 * mome_gpt_flops_per_token(g, tr->T);
+    json_t *model;
+    if (tr->modular) {
+        const mome_modular_config *g = &tr->mod.cfg;
+        tr->flop_per_token = 3.0 * mome_modular_flops_per_token(g, tr->T);
+        json_t *trunks = json_array();
+        for (int e = 0; e < tr->sr.n_trunks; e++) json_array_append_new(trunks, json_string(tr->sr.names[e]));
+        model = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:b, s:o, s:s}", "kind", "modular", "trunk_layers",
+                          g->trunk_layers, "d_model", g->d_model, "n_head", g->n_head, "vocab_size", g->vocab_size,
+                          "seq_len", g->seq_len, "n_experts", g->n_experts, "common", g->common, "trunks", trunks,
+                          "routing", cfg->modular.routing);
+    } else {
+        const mome_gpt_config *g = &tr->model.cfg;
+        tr->flop_per_token = 3.0 * mome_gpt_flops_per_token(g, tr->T);
+        model = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "kind", "gpt", "n_layer", g->n_layer,
+                          "d_model", g->d_model, "n_head", g->n_head, "vocab_size", g->vocab_size, "seq_len",
+                          g->seq_len, "n_experts", g->n_experts, "top_k", g->top_k);
+    }
     if (cfg->monitor.sgemm_probe) tr->sgemm_gflops = mome_bench_sgemm_gflops(0.3) * tr->world;
     json_t *domains = json_array();
     for (int d = 0; d < tr->ds.n_domains; d++) json_array_append_new(domains, json_string(tr->ds.domains[d].name));
-    json_t *model = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "n_layer", g->n_layer, "d_model", g->d_model,
-                              "n_head", g->n_head, "vocab_size", g->vocab_size, "seq_len", g->seq_len, "n_experts",
-                              g->n_experts, "top_k", g->top_k);
     json_t *meta = json_object();
     json_object_set_new(meta, "config", json_string(tr->config_text));
     json_object_set_new(meta, "n_params", json_integer((json_int_t)tr->full_table.total));
@@ -560,11 +858,21 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         return rc;
     }
     const int T = tr.T, Bl = tr.B_local;
-    const mome_gpt_config *mc = &tr.model.cfg;
-    if (tr.rank == 0) {
+    const int V = tr.ds.vocab_size;
+    if (tr.rank == 0 && tr.modular) {
+        const mome_modular_config *mc = &tr.mod.cfg;
+        mome_info("model: modular, %d expert trunks (%s)%s of %d layers, d_model %d, %d heads, d_ff %d, vocab %d, "
+                  "seq_len %d: %.2fM parameters; routing: %s",
+                  mc->n_experts, cfg->modular.experts[0] ? cfg->modular.experts : "the data's domains",
+                  mc->common ? " + a common trunk" : "", mc->trunk_layers, mc->d_model, mc->n_head, mc->d_ff,
+                  mc->vocab_size, mc->seq_len, (double)tr.full_table.total / 1e6, cfg->modular.routing);
+    } else if (tr.rank == 0) {
+        const mome_gpt_config *mc = &tr.model.cfg;
         mome_info("model: gpt, %d layers, d_model %d, %d heads, d_ff %d, vocab %d, seq_len %d: %.2fM parameters",
                   mc->n_layer, mc->d_model, mc->n_head, mc->d_ff, mc->vocab_size, mc->seq_len,
-                  (double)tr.model.table.total / 1e6);
+                  (double)tr.full_table.total / 1e6);
+    }
+    if (tr.rank == 0) {
         mome_info("data: %s, %d domains; batch %d x %d tokens x %d accumulation over %d rank(s), %d thread(s) each",
                   tr.ds.dir, tr.ds.n_domains, tr.B, T, tr.accum, tr.world, omp_get_max_threads());
     }
@@ -580,7 +888,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     mome_eval_result before = {0}, after = {0};
     int have_before = 0;
     if (tr.step == 0) {
-        run_eval(&tr, &before);
+        run_eval(&tr, &before, 0);
         have_before = 1;
         if (tr.rank == 0) {
             mome_info("validation before training:");
@@ -595,11 +903,13 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     const int every = cfg->checkpoint.every;
     const int eval_every = cfg->train.eval_every;
     const long steps = cfg->train.steps;
+    const int sequential = strcmp(cfg->data.order, "sequential") == 0;
     int stopped = 0;
 
     while (tr.step < steps) {
         double t0 = mome_now();
-        mome_gpt_zero_grad(&tr.model);
+        memset(tr.grads, 0, tr.table->total * sizeof(float));
+        for (int e = 0; e < MOME_MAX_DOMAINS; e++) tr.trunk_seqs[e] = 0.0;
         double loss_sum = 0.0, aux_sum = 0.0, z_sum = 0.0, drop_sum = 0.0;
         /* With a teacher: the weighted objective in loss_sum, and its parts (summed over rows) for the log and the
          * adaptive alpha: [ce_sum, ce_rows, kl_sum, kl_rows]. */
@@ -611,7 +921,14 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
                             (uint64_t)tr.rank * (uint64_t)Bl;
             for (int b = 0; b < Bl; b++) {
                 int32_t *row = buf + (size_t)b * (T + 1);
-                mome_dataset_sample(&tr.ds, cfg->train.seed, base + (uint64_t)b, T, row, NULL);
+                int d = -1;
+                if (sequential) { /* phase p of n_domains trains domain p only */
+                    d = (int)((tr.step * (long)tr.ds.n_domains) / steps);
+                    mome_dataset_sample_from(&tr.ds, d, cfg->train.seed, base + (uint64_t)b, T, row);
+                } else {
+                    mome_dataset_sample(&tr.ds, cfg->train.seed, base + (uint64_t)b, T, row, &d);
+                }
+                if (tr.domains) tr.domains[b] = d;
                 memcpy(inp + (size_t)b * T, row, (size_t)T * sizeof *inp);
                 memcpy(tgt + (size_t)b * T, row + 1, (size_t)T * sizeof *tgt);
             }
@@ -626,26 +943,41 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
                     kd_bytes += tr.kd.bytes_sent;
                 }
             }
-            mome_gpt_forward(&tr.model, inp, Bl, T);
+            if (tr.modular) {
+                mome_seq_router_route(&tr.sr, tr.routing, inp, tr.domains, Bl, T, tr.routes);
+                for (int b = 0; b < Bl; b++) {
+                    if (tr.routes[b] >= 0) tr.trunk_seqs[tr.routes[b]] += 1.0;
+                    if (tr.routes[b] == MOME_ROUTE_ALL)
+                        for (int e = 0; e < tr.mod.cfg.n_experts; e++) tr.trunk_seqs[e] += 1.0;
+                }
+                mome_modular_forward(&tr.mod, inp, tr.routes, Bl, T);
+            } else {
+                mome_gpt_forward(&tr.model, inp, Bl, T);
+            }
             if (tr.kd.on) {
                 mome_kd_sums ks;
-                loss_sum += mome_distill_loss(&tr.kd, tr.model.logits, &ks, tgt, w_ce, w_kd, grad_scale);
+                loss_sum += mome_distill_loss(&tr.kd, tr.logits, &ks, tgt, w_ce, w_kd, grad_scale);
                 parts[0] += ks.ce_sum;
                 parts[1] += (double)ks.n_valid;
                 parts[2] += ks.kl_sum;
                 parts[3] += (double)ks.n_kd;
             } else {
                 size_t valid = 0;
-                loss_sum += mome_xent_forward_backward(tr.model.logits, tgt, (size_t)Bl * T, mc->vocab_size,
-                                                       grad_scale, &valid);
+                loss_sum += mome_xent_forward_backward(tr.logits, tgt, (size_t)Bl * T, V, grad_scale, &valid);
             }
-            /* The MoE losses are means over the global micro-batch; each micro-batch weighs 1/accum. */
-            mome_gpt_backward_ex(&tr.model, inp, Bl, T, 1.0f / (float)tr.accum);
-            aux_sum += tr.model.aux_loss;
-            z_sum += tr.model.z_loss;
-            drop_sum += tr.model.dropped_frac;
+            if (tr.modular) {
+                mome_modular_backward(&tr.mod, inp, tr.routes, Bl, T);
+            } else {
+                /* The MoE losses are means over the global micro-batch; each micro-batch weighs 1/accum. */
+                mome_gpt_backward_ex(&tr.model, inp, Bl, T, 1.0f / (float)tr.accum);
+                aux_sum += tr.model.aux_loss;
+                z_sum += tr.model.z_loss;
+                drop_sum += tr.model.dropped_frac;
+            }
         }
-        rc = mome_parallel_allreduce_grads(&tr.par, tr.model.grads, tr.model.n_dense, tr.model.table.total);
+        if (tr.modular && tr.world > 1)
+            MPI_Allreduce(MPI_IN_PLACE, tr.trunk_seqs, tr.mod.cfg.n_experts, MPI_DOUBLE, MPI_SUM, comm);
+        rc = mome_parallel_allreduce_grads(&tr.par, tr.grads, tr.n_dense, tr.table->total);
         if (rc) MOME_FATAL("%s", mome_error_message());
         if (tr.world > 1) MPI_Allreduce(MPI_IN_PLACE, &loss_sum, 1, MPI_DOUBLE, MPI_SUM, comm);
         if (tr.world > 1 && tr.kd.on) MPI_Allreduce(MPI_IN_PLACE, parts, 4, MPI_DOUBLE, MPI_SUM, comm);
@@ -659,12 +991,12 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         }
         double aux = aux_sum / tr.accum, zl = z_sum / tr.accum;
         double loss = ce + (double)cfg->moe.aux_coef * aux + (double)cfg->moe.z_coef * zl;
-        double gnorm = mome_parallel_grad_norm(&tr.par, tr.model.grads, tr.model.n_dense, tr.model.table.total);
+        double gnorm = mome_parallel_grad_norm(&tr.par, tr.grads, tr.n_dense, tr.table->total);
         float clip = 1.0f;
         if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip) clip = (float)(cfg->train.grad_clip / (gnorm + 1e-6));
         float lr = mome_lr_at(&tr.opt.cfg, tr.step);
         if (isfinite(gnorm))
-            mome_adamw_update(&tr.opt, &tr.model.table, tr.model.params, tr.model.grads, lr, clip);
+            mome_adamw_update(&tr.opt, tr.table, tr.params, tr.grads, lr, clip);
         else
             mome_warn("step %ld: non-finite gradient norm, update skipped", tr.step + 1);
         tr.step++;
@@ -677,7 +1009,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
 
         if (eval_every > 0 && tr.step % eval_every == 0 && tr.step < steps) {
             mome_eval_result r;
-            run_eval(&tr, &r);
+            run_eval(&tr, &r, 0);
             if (tr.rank == 0) {
                 char line[1024];
                 int off = snprintf(line, sizeof line, "eval step %ld |", tr.step);
@@ -697,11 +1029,9 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         if (every > 0 && tr.step % every == 0 && tr.step < steps) save_checkpoint(&tr);
     }
     if (!stopped) {
-        run_eval(&tr, &after);
-        if (tr.rank == 0) {
-            mome_info("validation after %ld steps:", tr.step);
-            mome_eval_print(stdout, have_before ? &before : NULL, &after);
-        }
+        if (tr.rank == 0) mome_info("validation after %ld steps:", tr.step);
+        run_eval(&tr, &after, 1);
+        if (tr.rank == 0) mome_eval_print(stdout, have_before ? &before : NULL, &after);
         rc = save_checkpoint(&tr);
     }
     sigaction(SIGTERM, &old_term, NULL);

@@ -45,6 +45,7 @@ typedef struct {
 typedef struct {
     char dir[MOME_CFG_STR];      /* corpus directory from `mome data build` */
     char domains[MOME_CFG_STR];  /* comma-separated subset, or "" for every domain in the corpus */
+    char order[MOME_CFG_STR];    /* "balanced" (domains in turn) | "sequential" (one domain after another) */
 } mome_data_section;
 
 typedef struct {
@@ -65,6 +66,14 @@ typedef struct {
 typedef struct {
     int ep;                 /* expert-parallel group size; 0: the whole world */
 } mome_parallel_section;
+typedef struct {
+    int enabled;                /* 1: the student is a modular model (modular.h) instead of [model]/[moe]'s GPT */
+    char experts[MOME_CFG_STR]; /* comma-separated domain names, one expert trunk each; "": the data's domains */
+    int trunk_layers;           /* blocks per trunk; 0: [model] n_layer */
+    int common;                 /* 1: a common trunk every sequence passes through */
+    char routing[MOME_CFG_STR]; /* "router" | "gold" | "average" */
+    char router[MOME_CFG_STR];  /* router.h5 for routing=router; "": <data.dir>/router.h5 */
+} mome_modular_section;
 
 typedef struct {
     char checkpoint[MOME_CFG_STR]; /* teacher checkpoint file or run directory; "" = no distillation */
@@ -79,6 +88,13 @@ typedef struct {
     float temperature;
     char direction[MOME_CFG_STR];  /* "forward" | "reverse" */
     int teacher_topk;              /* 0: full logits */
+    /* Distilling an MoE teacher ("Every Expert Matters", Kim et al. 2025; distill.h) */
+    char method[MOME_CFG_STR];     /* "topk" | "all" | "ka" | "sar": how the teacher routes */
+    int ka_passes;                 /* ka: teacher passes M per micro-batch (the KD loss is their mean) */
+    float ka_lambda;               /* ka: probability of sampling the experts instead of taking the top n */
+    int ka_n;                      /* ka: experts per token n; 0: n_experts - 1 */
+    float sar_lr;                  /* sar: learning rate of the teacher's router (AdamW, no weight decay) */
+    float sar_aux_coef;            /* sar: coefficient of the load-balancing term of the router loss */
 } mome_kd_section;
 
 typedef struct {
@@ -101,6 +117,7 @@ typedef struct {
     mome_kd_section kd;
     mome_parallel_section parallel;
     mome_monitor_section monitor;
+    mome_modular_section modular;
 } mome_config;
 
 /* Fills every field with its schema default. */

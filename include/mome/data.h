@@ -36,8 +36,12 @@ typedef struct {
 int mome_dataset_open(mome_dataset *ds, const char *dir, const char *only);
 void mome_dataset_close(mome_dataset *ds);
 
-/* Global training sample g: writes T+1 ids into tokens and returns the domain index in *domain. */
+/* Global training sample g: writes T+1 ids into tokens and returns the domain index in *domain (domains in turn:
+ * g mod n_domains). */
 void mome_dataset_sample(const mome_dataset *ds, uint64_t seed, uint64_t g, int T, int32_t *tokens, int *domain);
+/* Global training sample g drawn from domain d (the same window as mome_dataset_sample gives for a g of that
+ * domain). */
+void mome_dataset_sample_from(const mome_dataset *ds, int d, uint64_t seed, uint64_t g, int T, int32_t *tokens);
 /* Number of validation windows of T+1 tokens in domain d. */
 size_t mome_dataset_val_windows(const mome_dataset *ds, int d, int T);
 /* Validation window w of domain d: T+1 ids. */

@@ -88,4 +88,8 @@ void mome_modular_forward(mome_modular *m, const int32_t *inputs, const int32_t 
  * forward before it. */
 void mome_modular_backward(mome_modular *m, const int32_t *inputs, const int32_t *routes, int B, int T);
 
+/* Forward FLOPs per token of a routed sequence (one expert trunk, the common trunk if any, the head), counted
+ * like mome_gpt_flops_per_token (matrix products only). */
+double mome_modular_flops_per_token(const mome_modular_config *cfg, int T);
+
 #endif

@@ -12,6 +12,8 @@
 #include "mome/config.h"
 #include "mome/data.h"
 #include "mome/model.h"
+#include "mome/modular.h"
+#include "mome/seqroute.h"
 
 /* Exit code of `mome train` when it stopped on SIGTERM/SIGUSR1 after writing a checkpoint (for requeueing). */
 #define MOME_EXIT_STOPPED 75
@@ -34,12 +36,49 @@ typedef struct {
  * Windows are dealt round-robin to ranks; the result is the same on every rank. */
 int mome_evaluate(mome_gpt *m, const mome_dataset *ds, int T, int B, long max_windows, MPI_Comm comm,
                   mome_eval_result *out);
+/* The model behind an evaluation: runs B sequences inputs (B, T) of data domain `domain` and returns their
+ * logits (B, T, *vocab). */
+typedef float *(*mome_eval_forward)(void *ctx, const int32_t *inputs, int B, int T, int domain, int *vocab);
+/* mome_evaluate for any model: fn is called the same number of times on every rank (collective models). */
+int mome_evaluate_with(mome_eval_forward fn, void *ctx, const mome_dataset *ds, int T, int B, long max_windows,
+                       MPI_Comm comm, mome_eval_result *out);
+
+/* How a modular student is evaluated (Al-Maamari et al. report all of these per domain). */
+#define MOME_VARIANT_BY_MODE (-100)
+typedef struct {
+    char name[48];  /* "routed", "gold", "average", "<trunk>", "<trunk>+common", "common" */
+    int mode;       /* mome_seqroute_mode when trunk == MOME_VARIANT_BY_MODE */
+    int trunk;      /* every sequence to this trunk (or MOME_ROUTE_COMMON), or MOME_VARIANT_BY_MODE */
+    int use_common; /* 0: the expert trunks without the common trunk */
+} mome_modular_variant;
+/* The variants that apply to m: routed (when r has a router), gold (when every data domain has a trunk),
+ * average, each trunk alone, each trunk with the common trunk and the common trunk alone (with a common trunk).
+ * Writes up to max, returns how many there are. */
+int mome_modular_variants(const mome_modular *m, const mome_seq_router *r, const mome_dataset *ds,
+                          mome_modular_variant *v, int max);
+int mome_modular_evaluate(mome_modular *m, mome_seq_router *r, const mome_modular_variant *v, const mome_dataset *ds,
+                          int T, int B, long max_windows, MPI_Comm comm, mome_eval_result *out);
+
+/* Prints the variants' validation loss per domain (rows: variants; columns: domains and their mean). */
+void mome_modular_variants_print(FILE *out, const mome_modular_variant *v, const mome_eval_result *r, int n);
+/* The router file of a config: [modular] router, or <data.dir>/router.h5. */
+void mome_modular_router_path(const mome_config *cfg, char *out, size_t cap);
+/* The trunks and routing of a modular config over ds: *mode from [modular] routing; the router is loaded when
+ * routing = router (an error if it cannot be) and otherwise when the file exists (for the "routed" evaluation).
+ * Gold routing needs a trunk for every data domain. */
+int mome_modular_routing_open(const mome_config *cfg, const mome_dataset *ds, mome_seq_router *sr,
+                              mome_seqroute_mode *mode);
+
 /* Prints a table of loss and perplexity; with `before` non-NULL, prints before and after side by side. */
 void mome_eval_print(FILE *out, const mome_eval_result *before, const mome_eval_result *after);
 
 /* Loads the resolved config and the model weights of a checkpoint, as an inference-only model
  * (mome_gpt_set_inference): for teachers, evaluation and generation. */
 int mome_load_model(const char *ckpt_path, mome_config *cfg, mome_gpt *m);
+/* Loads a modular student's checkpoint with every trunk on this process, and its routing over ds: the router file
+ * `router`, or when NULL the one of its config, loaded when routing = router or the file exists. */
+int mome_load_modular(const char *ckpt_path, const char *router, mome_config *cfg, const mome_dataset *ds,
+                      mome_modular *m, mome_seq_router *sr, mome_seqroute_mode *routing);
 
 /* Samples `n_tokens` continuation tokens after `prompt` (ids), temperature and top-k (0 = off), writing the
  * new ids to out; stops after an end-of-document token. Returns the number of ids written, or a negative

@@ -236,7 +236,7 @@ static void test_file_errors(void) {
     expect_file_error(__LINE__, "bad_key.ini", "[model]\nn_layer = 2\n[train]\nstepz = 10\n", 4,
                       "unknown key 'stepz' in [train]", "did you mean 'steps'?");
     expect_file_error(__LINE__, "bad_key2.ini", "[data]\n\n\nfoo = 1\n", 4, "unknown key 'foo' in [data]",
-                      "(known: dir, domains)");
+                      "(known: dir, domains, order)");
     expect_file_error(__LINE__, "bad_int.ini", "[train]\nsteps = ten\n", 2, "[train] steps = 'ten'",
                       "expected an integer");
     expect_file_error(__LINE__, "bad_int2.ini", "[train]\n\nsteps = 10x\n", 3, "'10x'", "expected an integer");
