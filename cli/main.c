@@ -100,13 +100,18 @@ static const char *usage_train =
 
 static const char *usage_eval =
     "usage: mome eval CHECKPOINT [--data DIR] [--windows N] [--router FILE]\n"
+    "       mome eval --experts NAME=CHECKPOINT[,NAME=CHECKPOINT...] [--data DIR] [--windows N] [--router FILE]\n"
     "\n"
     "Prints the validation loss and perplexity per domain of the model in CHECKPOINT. For a modular student,\n"
     "the loss per domain of every way of routing: routed by the router, gold domain, average of all trunks,\n"
     "each trunk alone and with the common trunk, the common trunk alone.\n"
     "  --data DIR     corpus to evaluate on (default: the data.dir the model was trained with)\n"
     "  --windows N    validation sequences per domain (default: all)\n"
-    "  --router FILE  router for a modular student (default: the one its config names)\n";
+    "  --router FILE  router for a modular student (default: the one its config names), or for --experts\n"
+    "                 (default: DIR/router.h5)\n"
+    "  --experts ...  separately trained students, one per domain (pre-trained language experts), combined:\n"
+    "                 each sequence is scored by the student the router picks (\"routed\") or by the student\n"
+    "                 of its own domain (\"gold\")\n";
 
 static const char *usage_generate =
     "usage: mome generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
@@ -336,13 +341,119 @@ static void unload(loaded *L) {
     mome_seq_router_free(&L->sr);
 }
 
+/* ---- mome eval --experts: separately trained students combined by the router (PLE) ---- */
+
+typedef struct {
+    int n;                 /* students, one per domain name */
+    mome_gpt *models;
+    mome_seq_router *sr;   /* names = the students' domains */
+    mome_seqroute_mode mode;
+    int32_t *routes, *sub; /* (B), (B, T) */
+    int *domains;          /* (B) */
+    float *logits;         /* (B, T, V) */
+} ple_ctx;
+
+static float *ple_forward(void *ctx, const int32_t *inputs, int B, int T, int domain, int *vocab) {
+    ple_ctx *c = ctx;
+    const size_t V = (size_t)c->models[0].cfg.vocab_size, row = (size_t)T * V;
+    for (int b = 0; b < B; b++) c->domains[b] = domain;
+    mome_seq_router_route(c->sr, c->mode, inputs, c->domains, B, T, c->routes);
+    for (int e = 0; e < c->n; e++) { /* each student runs the sequences routed to it */
+        int n = 0;
+        for (int b = 0; b < B; b++)
+            if (c->routes[b] == e) memcpy(c->sub + (size_t)n++ * T, inputs + (size_t)b * T, (size_t)T * sizeof *c->sub);
+        if (n == 0) continue;
+        mome_gpt_forward(&c->models[e], c->sub, n, T);
+        for (int b = 0, i = 0; b < B; b++)
+            if (c->routes[b] == e) memcpy(c->logits + (size_t)b * row, c->models[e].logits + (size_t)i++ * row,
+                                          row * sizeof(float));
+    }
+    *vocab = (int)V;
+    return c->logits;
+}
+
+/* spec: NAME=CKPT[,NAME=CKPT...]. Every student is loaded on every rank; windows are split over the ranks. */
+static int eval_experts(const char *spec, const char *data_dir, const char *router, long windows, int rank,
+                        int world) {
+    char names[512] = "", paths[MOME_MAX_DOMAINS][1024];
+    int n = 0, rc = MOME_OK;
+    for (const char *p = spec; *p && rc == MOME_OK;) {
+        const size_t len = strcspn(p, ","), eq = strcspn(p, "=");
+        if (eq >= len || eq == 0 || len - eq - 1 >= sizeof paths[0] || n == MOME_MAX_DOMAINS)
+            rc = mome_error_set(MOME_EINVAL, "--experts '%s': expected NAME=CHECKPOINT[,NAME=CHECKPOINT...]", spec);
+        else {
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%.*s", n ? "," : "", (int)eq, p);
+            snprintf(paths[n++], sizeof paths[0], "%.*s", (int)(len - eq - 1), p + eq + 1);
+        }
+        p += len + (p[len] == ',');
+    }
+    if (rc) return rc;
+    ple_ctx c = {.n = n, .models = mome_calloc((size_t)n, sizeof(mome_gpt)), .sr = mome_calloc(1, sizeof(mome_seq_router))};
+    mome_config cfg;
+    mome_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    for (int e = 0; e < n && rc == MOME_OK; e++) {
+        rc = mome_load_model(paths[e], &cfg, &c.models[e]);
+        if (rc == MOME_OK && e == 0) rc = mome_dataset_open(&ds, data_dir ? data_dir : cfg.data.dir, "");
+        mome_ckpt_info info;
+        if (rc == MOME_OK && (rc = mome_ckpt_read_info(paths[e], &info)) == MOME_OK) {
+            if (strcmp(info.tokenizer_hash, ds.tokenizer_hash) != 0)
+                rc = mome_error_set(MOME_EMISMATCH, "%s was trained with tokenizer %s, corpus %s has %s", paths[e],
+                                    info.tokenizer_hash, ds.dir, ds.tokenizer_hash);
+            else if (c.models[e].cfg.seq_len != c.models[0].cfg.seq_len)
+                rc = mome_error_set(MOME_EMISMATCH, "%s: seq_len %d, %s has %d", paths[e], c.models[e].cfg.seq_len,
+                                    paths[0], c.models[0].cfg.seq_len);
+            mome_ckpt_info_free(&info);
+        }
+    }
+    const int T = rc == MOME_OK ? c.models[0].cfg.seq_len : 0, B = 8;
+    char rpath[1100];
+    snprintf(rpath, sizeof rpath, "%s/router.h5", ds.dir);
+    if (rc == MOME_OK) rc = mome_seq_router_init(c.sr, MOME_SEQROUTE_ROUTER, names, &ds, router ? router : rpath, T);
+    for (int e = 0; e < n && rc == MOME_OK; e++) rc = mome_gpt_reserve(&c.models[e], B, T);
+    if (rc == MOME_OK) {
+        c.routes = mome_malloc((size_t)B * sizeof *c.routes);
+        c.domains = mome_malloc((size_t)B * sizeof *c.domains);
+        c.sub = mome_malloc((size_t)B * (size_t)T * sizeof *c.sub);
+        c.logits = mome_malloc((size_t)B * (size_t)T * (size_t)c.models[0].cfg.vocab_size * sizeof(float));
+        int gold_ok = 1;
+        for (int d = 0; d < ds.n_domains; d++) gold_ok &= c.sr->domain_trunk[d] >= 0;
+        mome_modular_variant v[2] = {{"routed", MOME_SEQROUTE_ROUTER, MOME_VARIANT_BY_MODE, 1},
+                                     {"gold", MOME_SEQROUTE_GOLD, MOME_VARIANT_BY_MODE, 1}};
+        mome_eval_result r[2];
+        const int nv = gold_ok ? 2 : 1;
+        for (int i = 0; i < nv && rc == MOME_OK; i++) {
+            c.mode = (mome_seqroute_mode)v[i].mode;
+            rc = mome_evaluate_with(ple_forward, &c, &ds, T, B, windows, MPI_COMM_WORLD, &r[i]);
+        }
+        if (rc == MOME_OK && rank == 0) {
+            printf("students %s combined by the router (%d rank(s)) on %s\n", names, world, ds.dir);
+            mome_modular_variants_print(stdout, v, r, nv);
+        }
+    }
+    for (int e = 0; e < n; e++) mome_gpt_free(&c.models[e]);
+    mome_seq_router_free(c.sr);
+    mome_dataset_close(&ds);
+    mome_free(c.models);
+    mome_free(c.sr);
+    mome_free(c.routes);
+    mome_free(c.domains);
+    mome_free(c.sub);
+    mome_free(c.logits);
+    return rc;
+}
+
 static int cmd_eval(int argc, char **argv) {
     if (argc < 2 || is_help(argv[1])) {
         fputs(usage_eval, argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    const char *data_dir = NULL, *router = NULL;
+    const char *data_dir = NULL, *router = NULL, *experts = NULL;
     long windows = 0;
+    if (strcmp(argv[1], "--experts") == 0 && argc >= 3) { /* no single checkpoint: the students of --experts */
+        experts = argv[2];
+        argv++, argc--;
+    }
     for (int i = 2; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--data") == 0 && v) {
@@ -366,6 +477,12 @@ static int cmd_eval(int argc, char **argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     mome_log_set_rank(rank, world);
     mome_set_threads(0);
+    if (experts) {
+        const int rc = eval_experts(experts, data_dir, router, windows, rank, world);
+        const int code = rc ? fail("eval") : 0;
+        MPI_Finalize();
+        return code;
+    }
     loaded L;
     int rc = load_checkpoint_and_data(argv[1], data_dir, router, &L);
     int worst = rc;

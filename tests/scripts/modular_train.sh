@@ -72,6 +72,23 @@ load = {r["step"]: r["expert_load"][0] for r in map(json.loads, open("runs/seq/m
 assert all(load[s] == [1.0, 0.0] for s in range(1, 7)) and all(load[s] == [0.0, 1.0] for s in range(7, 13)), load
 print("sequential: steps 1-6 all alpha, 7-12 all beta")
 PY
+# pre-trained language experts: one dense student per domain, combined by the router; the gold row of each
+# domain is that domain's student alone
+for d in alpha beta; do
+  timeout 300 "$MOME_BIN" train "$MOME_SOURCE_DIR/configs/tiny.ini" data.dir=corpus checkpoint.dir=ckpt train.steps=6 \
+    train.threads=1 monitor.sgemm_probe=0 data.domains=$d train.run_name=ple-$d > ple-$d.log 2>&1 || { cat ple-$d.log; fail "PLE $d"; }
+  "$MOME_BIN" eval ckpt/ple-$d/step_00000006.h5 --data corpus --windows 8 > ple-$d.txt 2>&1 || { cat ple-$d.txt; fail "eval $d"; }
+done
+"$MOME_BIN" eval --experts alpha=ckpt/ple-alpha/step_00000006.h5,beta=ckpt/ple-beta/step_00000006.h5 --windows 8 \
+  > ple.txt 2>&1 || { cat ple.txt; fail "eval --experts"; }
+cat ple.txt
+for d in alpha beta; do
+  own=$(awk -v d=$d '$1 == d {print $2}' ple-$d.txt)
+  col=$([ $d = alpha ] && echo 2 || echo 3)
+  gold=$(awk -v c=$col '$1 == "gold" {print $c}' ple.txt)
+  [ -n "$own" ] && [ "$own" = "$gold" ] || fail "PLE gold $d: $gold, the $d student alone: $own"
+done
+expect_fail "expected NAME=CHECKPOINT" "$MOME_BIN" eval --experts alpha
 expect_fail "enabled = 1 with \[moe\] n_experts" "$MOME_BIN" train "$MOME_SOURCE_DIR/configs/tiny.ini" "${args[@]}" moe.n_experts=2
 expect_fail "needs a router.*nope.h5" "$MOME_BIN" train "$MOME_SOURCE_DIR/configs/tiny.ini" "${args[@]}" modular.router=nope.h5
 expect_fail "domain 'beta' has no trunk" "$MOME_BIN" train "$MOME_SOURCE_DIR/configs/tiny.ini" "${args[@]}" \
