@@ -60,13 +60,17 @@ typedef struct {
 typedef struct {
     float *e1, *eq, *ep, *fix;
     unsigned char *mask;
+    float *orig, *pass; /* (V each) several target sets only: the row's logits, one pass's gradient; else NULL */
 } kd_scratch;
 
 static _Thread_local float *kd_tls_buf = NULL;
 static _Thread_local unsigned char *kd_tls_mask = NULL;
 static _Thread_local size_t kd_tls_cap = 0; /* floats per buffer (V rounded up to 16) */
+/* The two extra rows of the multi-target loss (2 * 4V bytes more per thread), allocated on its first use. */
+static _Thread_local float *kd_tls_multi = NULL;
+static _Thread_local size_t kd_tls_multi_cap = 0;
 
-static kd_scratch kd_scratch_get(int V) {
+static kd_scratch kd_scratch_get(int V, int multi) {
     const size_t Vp = ((size_t)V + 15) & ~(size_t)15; /* keeps each buffer 64-byte aligned */
     if (Vp > kd_tls_cap) {
         mome_free(kd_tls_buf);
@@ -76,8 +80,18 @@ static kd_scratch kd_scratch_get(int V) {
         kd_tls_cap = Vp;
     }
     const size_t c = kd_tls_cap;
-    return (kd_scratch){.e1 = kd_tls_buf, .eq = kd_tls_buf + c, .ep = kd_tls_buf + 2 * c, .fix = kd_tls_buf + 3 * c,
-                        .mask = kd_tls_mask};
+    kd_scratch s = {.e1 = kd_tls_buf, .eq = kd_tls_buf + c, .ep = kd_tls_buf + 2 * c, .fix = kd_tls_buf + 3 * c,
+                    .mask = kd_tls_mask};
+    if (multi) {
+        if (Vp > kd_tls_multi_cap) {
+            mome_free(kd_tls_multi);
+            kd_tls_multi = mome_malloc(2 * Vp * sizeof *kd_tls_multi);
+            kd_tls_multi_cap = Vp;
+        }
+        s.orig = kd_tls_multi;
+        s.pass = kd_tls_multi + kd_tls_multi_cap;
+    }
+    return s;
 }
 
 /* ---- row kernels: plain loops over the row that GCC vectorises (restrict: the buffers never overlap) */
@@ -327,9 +341,48 @@ static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, in
     }
 }
 
-/* The shared driver: te_full (N,V) or (ids, tlp (N,k), tail (N)). */
+/* The teacher of row r in target set m: te_full (M,N,V) or (ids, tlp (M,N,k), tail (M,N)). */
+static row_teacher row_teacher_at(const float *te_full, const int32_t *ids, const float *tlp, const float *tail,
+                                  size_t N, int V, int k, int m, size_t r) {
+    row_teacher te = {0};
+    const size_t i = (size_t)m * N + r;
+    if (te_full) {
+        te.tlogits = te_full + i * (size_t)V;
+    } else {
+        te.ids = ids + i * (size_t)k;
+        te.tlp = tlp + i * (size_t)k;
+        te.tail = tail[i];
+        te.k = k;
+    }
+    return te;
+}
+
+/* Row r against M >= 2 target sets: the CE once (with set 0), the KL of every set added to *kl (the caller divides
+ * the sum by M), and the gradient of w_ce * CE + (w_kd / M) * T^2 * sum_m KL_m: o->w_kd is already w_kd / M. Each
+ * set's gradient is computed by kd_row on a copy of the logits (s->pass) and added to the row in set order. */
+static void kd_row_multi(float *row, double *ce, double *kl, const float *te_full, const int32_t *ids,
+                         const float *tlp, const float *tail, int32_t tg, size_t N, int V, int k, int M,
+                         const kd_opts *o, const kd_scratch *s, size_t r) {
+    const int grad = o->grad_scale != 0.0f;
+    if (grad) memcpy(s->orig, row, (size_t)V * sizeof *row);
+    row_teacher te = row_teacher_at(te_full, ids, tlp, tail, N, V, k, 0, r);
+    kd_row(row, ce, kl, &te, tg, V, o, s, r);
+    for (int m = 1; m < M; m++) {
+        te = row_teacher_at(te_full, ids, tlp, tail, N, V, k, m, r);
+        double no_ce = 0.0;
+        if (!grad) {
+            kd_row(row, &no_ce, kl, &te, -1, V, o, s, r); /* grad_scale 0: the row is left as it is */
+            continue;
+        }
+        memcpy(s->pass, s->orig, (size_t)V * sizeof *row);
+        kd_row(s->pass, &no_ce, kl, &te, -1, V, o, s, r);
+        for (int v = 0; v < V; v++) row[v] += s->pass[v];
+    }
+}
+
+/* The shared driver: M target sets, te_full (M,N,V) or (ids, tlp (M,N,k), tail (M,N)). */
 static double kd_run(float *logits, mome_kd_sums *out, const float *te_full, const int32_t *ids, const float *tlp,
-                     const float *tail, const int32_t *targets, size_t N, int V, int k, const kd_opts *o) {
+                     const float *tail, const int32_t *targets, size_t N, int V, int k, int M, const kd_opts *o) {
     // logits is (N,V), targets is (N)
     MOME_CHECK(V > 0, "kd: bad vocabulary size %d", V);
     MOME_CHECK(o->T > 0.0f && isfinite(o->T), "kd: temperature %g must be > 0", (double)o->T);
@@ -338,12 +391,17 @@ static double kd_run(float *logits, mome_kd_sums *out, const float *te_full, con
         const int32_t tg = targets[i];
         MOME_CHECK(tg >= -1 && tg < V, "kd: target %d of row %zu outside [-1, %d)", (int)tg, i, V);
     }
+    MOME_CHECK(M >= 1, "kd: %d target sets, need >= 1", M);
+    const int multi = o->has_teacher && M > 1;
+    /* per-set gradient weight: the loss is w_kd * T^2 * (the mean over the sets of the KL) */
+    kd_opts om = *o;
+    if (multi) om.w_kd = o->w_kd / (float)M;
     double part_ce[KD_CHUNKS] = {0}, part_kl[KD_CHUNKS] = {0};
     size_t part_valid[KD_CHUNKS] = {0};
     const size_t chunk = (N + KD_CHUNKS - 1) / KD_CHUNKS;
 #pragma omp parallel
     {
-        const kd_scratch scr = kd_scratch_get(V);
+        const kd_scratch scr = kd_scratch_get(V, multi);
 #pragma omp for schedule(static)
         for (int ch = 0; ch < KD_CHUNKS; ch++) {
             const size_t r0 = (size_t)ch * chunk;
@@ -351,18 +409,14 @@ static double kd_run(float *logits, mome_kd_sums *out, const float *te_full, con
             double ce = 0.0, kl = 0.0;
             size_t valid = 0;
             for (size_t r = r0; r < r1; r++) {
-                row_teacher te = {0};
-                if (o->has_teacher) {
-                    if (te_full) {
-                        te.tlogits = te_full + r * (size_t)V;
-                    } else {
-                        te.ids = ids + r * (size_t)k;
-                        te.tlp = tlp + r * (size_t)k;
-                        te.tail = tail[r];
-                        te.k = k;
-                    }
+                if (multi) {
+                    kd_row_multi(logits + r * (size_t)V, &ce, &kl, te_full, ids, tlp, tail, targets[r], N, V, k, M,
+                                 &om, &scr, r);
+                } else {
+                    row_teacher te = {0};
+                    if (o->has_teacher) te = row_teacher_at(te_full, ids, tlp, tail, N, V, k, 0, r);
+                    kd_row(logits + r * (size_t)V, &ce, &kl, &te, targets[r], V, o, &scr, r);
                 }
-                kd_row(logits + r * (size_t)V, &ce, &kl, &te, targets[r], V, o, &scr, r);
                 valid += targets[r] >= 0;
             }
             part_ce[ch] = ce;
@@ -376,6 +430,7 @@ static double kd_run(float *logits, mome_kd_sums *out, const float *te_full, con
         s.kl_sum += part_kl[ch];
         s.n_valid += part_valid[ch];
     }
+    if (multi) s.kl_sum /= (double)M;
     s.n_kd = o->has_teacher ? N : 0;
     s.loss = (double)o->w_ce * s.ce_sum + (double)o->w_kd * (double)o->T * (double)o->T * s.kl_sum;
     if (out) *out = s;
@@ -388,7 +443,16 @@ double mome_kd_full_forward_backward(float *logits, mome_kd_sums *out, const flo
     MOME_CHECK(teacher_logits != NULL || w_kd == 0.0f, "kd: no teacher logits but w_kd = %g", (double)w_kd);
     const kd_opts o = {.dir = dir, .T = T, .w_ce = w_ce, .w_kd = w_kd, .grad_scale = grad_scale,
                        .has_teacher = teacher_logits != NULL};
-    return kd_run(logits, out, teacher_logits, NULL, NULL, NULL, targets, N, V, 0, &o);
+    return kd_run(logits, out, teacher_logits, NULL, NULL, NULL, targets, N, V, 0, 1, &o);
+}
+
+double mome_kd_full_forward_backward_multi(float *logits, mome_kd_sums *out, const float *teacher_logits, int M,
+                                           const int32_t *targets, size_t N, int V, mome_kd_direction dir, float T,
+                                           float w_ce, float w_kd, float grad_scale) {
+    MOME_CHECK(teacher_logits != NULL || w_kd == 0.0f, "kd: no teacher logits but w_kd = %g", (double)w_kd);
+    const kd_opts o = {.dir = dir, .T = T, .w_ce = w_ce, .w_kd = w_kd, .grad_scale = grad_scale,
+                       .has_teacher = teacher_logits != NULL};
+    return kd_run(logits, out, teacher_logits, NULL, NULL, NULL, targets, N, V, 0, M, &o);
 }
 
 double mome_kd_topk_forward_backward(float *logits, mome_kd_sums *out, const int32_t *topk_ids,
@@ -400,7 +464,19 @@ double mome_kd_topk_forward_backward(float *logits, mome_kd_sums *out, const int
     MOME_CHECK(!have || (k >= 1 && k <= V), "kd: top-k size %d outside [1, %d]", k, V);
     const kd_opts o = {.dir = dir, .T = T, .w_ce = w_ce, .w_kd = w_kd, .grad_scale = grad_scale,
                        .has_teacher = have};
-    return kd_run(logits, out, NULL, topk_ids, topk_logp, topk_tail, targets, N, V, k, &o);
+    return kd_run(logits, out, NULL, topk_ids, topk_logp, topk_tail, targets, N, V, k, 1, &o);
+}
+
+double mome_kd_topk_forward_backward_multi(float *logits, mome_kd_sums *out, const int32_t *topk_ids,
+                                           const float *topk_logp, const float *topk_tail, int M,
+                                           const int32_t *targets, size_t N, int V, int k, mome_kd_direction dir,
+                                           float T, float w_ce, float w_kd, float grad_scale) {
+    const int have = topk_ids != NULL && topk_logp != NULL && topk_tail != NULL;
+    MOME_CHECK(have || w_kd == 0.0f, "kd: no top-k teacher targets but w_kd = %g", (double)w_kd);
+    MOME_CHECK(!have || (k >= 1 && k <= V), "kd: top-k size %d outside [1, %d]", k, V);
+    const kd_opts o = {.dir = dir, .T = T, .w_ce = w_ce, .w_kd = w_kd, .grad_scale = grad_scale,
+                       .has_teacher = have};
+    return kd_run(logits, out, NULL, topk_ids, topk_logp, topk_tail, targets, N, V, k, M, &o);
 }
 
 /* ---------------------------------------------------------------------------------------- top-k builder */
@@ -450,7 +526,7 @@ int mome_kd_topk_build(int32_t *topk_ids, float *topk_logp, float *topk_tail, co
 #pragma omp parallel reduction(min : bad)
     {
         /* the loss's per-thread scratch: hv (k <= V) in fix, exp((t - max) / T) in e1 */
-        const kd_scratch scr = kd_scratch_get(V);
+        const kd_scratch scr = kd_scratch_get(V, 0);
         float *hv = scr.fix, *e = scr.e1;
         unsigned char *mask = scr.mask;
 #pragma omp for schedule(static)

@@ -77,6 +77,22 @@ double mome_kd_topk_forward_backward(float *logits, mome_kd_sums *out, const int
                                      size_t N, int V, int k, mome_kd_direction dir, float T, float w_ce,
                                      float w_kd, float grad_scale);
 
+/* The same losses against M >= 1 target sets of the teacher (several teacher passes, e.g. the knowledge
+ * augmentation of "Every Expert Matters", distill.h): per row
+ *     loss = w_ce * CE + w_kd * T^2 * (1/M) sum_m KL_m
+ * so the CE counts once and the KD term is the mean of the M divergences, each KL_m in the configured direction
+ * against set m. kl_sum is the sum over rows of that mean (so loss = w_ce * ce_sum + w_kd * T^2 * kl_sum as
+ * above); n_kd = N. Sets are stacked: teacher_logits (M, N, V); topk_ids, topk_logp (M, N, k), topk_tail (M, N).
+ * M = 1 is exactly the single-set function (same bits). For M > 1 each set's gradient is computed on a copy of
+ * the row and added in set order (two extra V-sized rows of per-thread scratch, allocated on first use). */
+double mome_kd_full_forward_backward_multi(float *logits, mome_kd_sums *out, const float *teacher_logits, int M,
+                                           const int32_t *targets, size_t N, int V, mome_kd_direction dir, float T,
+                                           float w_ce, float w_kd, float grad_scale);
+double mome_kd_topk_forward_backward_multi(float *logits, mome_kd_sums *out, const int32_t *topk_ids,
+                                           const float *topk_logp, const float *topk_tail, int M,
+                                           const int32_t *targets, size_t N, int V, int k, mome_kd_direction dir,
+                                           float T, float w_ce, float w_kd, float grad_scale);
+
 /* Builds the top-k targets from teacher logits (N,V) at temperature T: topk_ids (N,k) in decreasing
  * probability, ties to the lower id; topk_logp (N,k) = log_softmax(teacher / T) at those ids; topk_tail (N,) =
  * the probability of every other id, summed directly (no 1 - sum cancellation; 0 when k = V). Returns MOME_OK,
