@@ -142,6 +142,14 @@ static int write_contents(hid_t f, const mome_ckpt_save_args *a) {
         if ((rc = mome_h5_write_f64(f, "kd/kd_window", a->kd_kd, 1, kd))) return rc;
         if ((rc = mome_h5_write_u64(f, "kd/count", &count, 1, one))) return rc;
     }
+    if (a->router_n > 0) { /* the teacher's router as trained by the student-aware router (distill.h) */
+        hsize_t n[1] = {(hsize_t)a->router_n}, one[1] = {1};
+        const uint64_t step = (uint64_t)a->router_step;
+        if ((rc = mome_h5_write_f32(f, "kd/router/gate_w", a->router_gate, 1, n))) return rc;
+        if ((rc = mome_h5_write_f32(f, "kd/router/adam_m", a->router_m, 1, n))) return rc;
+        if ((rc = mome_h5_write_f32(f, "kd/router/adam_v", a->router_v, 1, n))) return rc;
+        if ((rc = mome_h5_write_u64(f, "kd/router/step", &step, 1, one))) return rc;
+    }
     return MOME_OK;
 }
 
@@ -335,10 +343,14 @@ void mome_ckpt_info_free(mome_ckpt_info *info) {
     mome_free(info->data_cursors);
     mome_free(info->kd_ce);
     mome_free(info->kd_kd);
+    mome_free(info->router_gate);
+    mome_free(info->router_m);
+    mome_free(info->router_v);
     info->config_text = NULL;
     info->rng_states = NULL;
     info->data_cursors = NULL;
     info->kd_ce = info->kd_kd = NULL;
+    info->router_gate = info->router_m = info->router_v = NULL;
 }
 
 int mome_ckpt_read_info(const char *path, mome_ckpt_info *info) {
@@ -403,6 +415,25 @@ int mome_ckpt_read_info(const char *path, mome_ckpt_info *info) {
         if ((rc = mome_h5_read_f64(f, "kd/ce_window", info->kd_ce, 1, dims))) goto fail;
         if ((rc = mome_h5_read_f64(f, "kd/kd_window", info->kd_kd, 1, dims))) goto fail;
         if ((rc = mome_h5_read_u64(f, "kd/count", &info->kd_count, 1, one))) goto fail;
+    }
+    if (mome_h5_exists(f, "kd/router")) {
+        what = "/kd/router";
+        hsize_t one[1] = {1};
+        uint64_t step = 0;
+        if ((rc = mome_h5_shape(f, "kd/router/gate_w", &nd, dims))) goto fail;
+        if (nd != 1 || dims[0] < 1 || dims[0] > 1u << 30) {
+            rc = mome_error_set(MOME_EFORMAT, "%s:/kd/router/gate_w must be a non-empty vector", path);
+            goto fail;
+        }
+        info->router_n = (size_t)dims[0];
+        info->router_gate = mome_malloc(dims[0] * sizeof(float));
+        info->router_m = mome_malloc(dims[0] * sizeof(float));
+        info->router_v = mome_malloc(dims[0] * sizeof(float));
+        if ((rc = mome_h5_read_f32(f, "kd/router/gate_w", info->router_gate, 1, dims))) goto fail;
+        if ((rc = mome_h5_read_f32(f, "kd/router/adam_m", info->router_m, 1, dims))) goto fail;
+        if ((rc = mome_h5_read_f32(f, "kd/router/adam_v", info->router_v, 1, dims))) goto fail;
+        if ((rc = mome_h5_read_u64(f, "kd/router/step", &step, 1, one))) goto fail;
+        info->router_step = (int64_t)step;
     }
     H5Fclose(f);
     return MOME_OK;

@@ -431,9 +431,25 @@ static int save_checkpoint(trainer *tr) {
             a.kd_ce = kd_ce;
             a.kd_kd = kd_kd;
         }
+        float *router = NULL;
+        if (tr->kd.on && tr->kd.method == MOME_KD_METHOD_SAR) { /* the teacher's router, trained with the run */
+            router = mome_malloc(3 * tr->kd.gate_n * sizeof(float));
+            rc = mome_distill_router_state_get(&tr->kd, router, router + tr->kd.gate_n, router + 2 * tr->kd.gate_n,
+                                               &a.router_step);
+            a.router_n = tr->kd.gate_n;
+            a.router_gate = router;
+            a.router_m = router + tr->kd.gate_n;
+            a.router_v = router + 2 * tr->kd.gate_n;
+        }
         char path[1024];
         double t0 = mome_now();
-        rc = mome_ckpt_save(tr->ckpt_dir, &a, tr->cfg->checkpoint.keep, path, sizeof path);
+        if (rc == MOME_OK) rc = mome_ckpt_save(tr->ckpt_dir, &a, tr->cfg->checkpoint.keep, path, sizeof path);
+        if (rc == MOME_OK && router) { /* and as a teacher checkpoint of its own, loadable as teacher.checkpoint */
+            char dir[1100];
+            snprintf(dir, sizeof dir, "%s/teacher_router", tr->ckpt_dir);
+            rc = mome_distill_save_router(&tr->kd, dir);
+        }
+        mome_free(router);
         const double secs = mome_now() - t0;
         if (rc == MOME_OK)
             mome_info("checkpoint: %s (step %ld, %.2f s)", path, tr->step, secs);
@@ -498,6 +514,18 @@ static int resume_from(trainer *tr, const char *path) {
             rc = mome_kd_alpha_import(&tr->alpha, info.kd_ce, info.kd_kd, info.kd_window, info.kd_count);
             if (rc) rc = mome_error_wrap(rc, "%s: distillation state", path);
         }
+        if (rc == MOME_OK && tr->kd.on && tr->kd.method == MOME_KD_METHOD_SAR) {
+            /* every rank read the same file; the set call installs rank 0's copy wherever the teacher runs */
+            if (info.router_n == tr->kd.gate_n)
+                rc = mome_distill_router_state_set(&tr->kd, info.router_gate, info.router_m, info.router_v,
+                                                   info.router_step);
+            else if (info.router_n != 0)
+                rc = mome_error_set(MOME_EMISMATCH, "%s:/kd/router holds %zu floats, the teacher's gate has %zu", path,
+                                    info.router_n, tr->kd.gate_n);
+            else
+                mome_warn("resume: %s holds no trained teacher router; kd.method = sar starts from the teacher's own",
+                          path);
+        }
         if (strcmp(info.config_text, tr->config_text) != 0)
             mome_warn("resume: the configuration differs from the one stored in %s; the run continues with the new "
                       "one (losses may not match an uninterrupted run)", path);
@@ -517,6 +545,7 @@ typedef struct {
     double ce, kd;     /* mean CE and T^2 * KL per position over the step (NaN where not computed) */
     double alpha;      /* the CE weight used in this step */
     double bytes;      /* teacher target bytes rank 0 sent to the other ranks this step */
+    double router;     /* kd.method = sar: the teacher router's loss before its steps (mean over micro-batches) */
 } kd_step_stats;
 
 static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *ms, const kd_step_stats *ks,
@@ -557,6 +586,7 @@ static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *
     json_object_set_new(o, "tokens_seen", json_integer((json_int_t)tr->tokens_seen));
     json_object_set_new(o, "dropped_frac", has_moe ? json_num(ms->dropped_frac) : json_null());
     json_object_set_new(o, "teacher_bytes", ks ? json_num(ks->bytes) : json_null());
+    json_object_set_new(o, "teacher_router_loss", ks ? json_num(ks->router) : json_null());
     json_t *load = json_null();
     if (tr->modular) { /* one row: the share of the step's sequences each expert trunk received */
         double total = 0.0;
@@ -916,6 +946,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         double parts[4] = {0, 0, 0, 0};
         const double alpha = mome_kd_alpha_get(&tr.alpha);
         size_t kd_bytes = 0;
+        double router_sum[2] = {0, 0}; /* sar: the last router loss, and the step's sum */
         for (int micro = 0; micro < tr.accum; micro++) {
             uint64_t base = ((uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro) * (uint64_t)tr.B +
                             (uint64_t)tr.rank * (uint64_t)Bl;
@@ -934,15 +965,9 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
             }
             tr.data_cursor += (uint64_t)Bl;
             float w_ce = 1.0f, w_kd = 0.0f;
-            if (tr.kd.on) {
+            if (tr.kd.on)
                 mome_kd_weights(tr.schedule, alpha, (uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro, &w_ce,
                                 &w_kd);
-                if (w_kd > 0.0f) {
-                    rc = agree(mome_distill_targets(&tr.kd, inp, base), comm);
-                    if (rc) MOME_FATAL("teacher targets: %s", mome_error_message());
-                    kd_bytes += tr.kd.bytes_sent;
-                }
-            }
             if (tr.modular) {
                 mome_seq_router_route(&tr.sr, tr.routing, inp, tr.domains, Bl, T, tr.routes);
                 for (int b = 0; b < Bl; b++) {
@@ -953,6 +978,21 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
                 mome_modular_forward(&tr.mod, inp, tr.routes, Bl, T);
             } else {
                 mome_gpt_forward(&tr.model, inp, Bl, T);
+            }
+            if (w_kd > 0.0f) {
+                /* Student-aware router: one step of the teacher's gate toward what helps this student (its logits
+                 * of this micro-batch), then the targets from the updated teacher. */
+                if (tr.kd.method == MOME_KD_METHOD_SAR) {
+                    rc = agree(mome_distill_router_step(&tr.kd, inp, tr.logits, base, &router_sum[0]), comm);
+                    if (rc == MOME_ENONFINITE)
+                        mome_warn("step %ld: non-finite teacher router loss, router step skipped", tr.step + 1);
+                    else if (rc)
+                        MOME_FATAL("teacher router step: %s", mome_error_message());
+                    router_sum[1] += router_sum[0];
+                }
+                rc = agree(mome_distill_targets(&tr.kd, inp, base), comm);
+                if (rc) MOME_FATAL("teacher targets: %s", mome_error_message());
+                kd_bytes += tr.kd.bytes_sent;
             }
             if (tr.kd.on) {
                 mome_kd_sums ks;
@@ -982,7 +1022,8 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         if (tr.world > 1) MPI_Allreduce(MPI_IN_PLACE, &loss_sum, 1, MPI_DOUBLE, MPI_SUM, comm);
         if (tr.world > 1 && tr.kd.on) MPI_Allreduce(MPI_IN_PLACE, parts, 4, MPI_DOUBLE, MPI_SUM, comm);
         double ce = loss_sum / ((double)tr.B * T * tr.accum);
-        kd_step_stats ks = {NAN, NAN, alpha, (double)kd_bytes};
+        kd_step_stats ks = {NAN, NAN, alpha, (double)kd_bytes,
+                            tr.kd.on && tr.kd.method == MOME_KD_METHOD_SAR ? router_sum[1] / tr.accum : NAN};
         if (tr.kd.on) {
             const double T2 = (double)cfg->kd.temperature * (double)cfg->kd.temperature;
             ks.ce = parts[1] > 0 ? parts[0] / parts[1] : NAN;

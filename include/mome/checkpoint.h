@@ -41,6 +41,9 @@ typedef struct {
     size_t kd_window;             /* 0: no distillation state; else the alpha windows below (kd.h export) */
     const double *kd_ce, *kd_kd;  /* (kd_window) */
     uint64_t kd_count;
+    size_t router_n;              /* 0, or the size of a teacher router trained with kd.method = sar (/kd/router) */
+    const float *router_gate, *router_m, *router_v; /* (router_n): its gate weights and AdamW moments */
+    int64_t router_step;
 } mome_ckpt_save_args;
 
 /* Writes <dir>/step_%08ld.h5 atomically, updates <dir>/latest, deletes the oldest beyond `keep` (0 = keep all).
@@ -64,6 +67,9 @@ typedef struct {
     size_t kd_window;        /* 0 when the checkpoint holds no /kd state */
     double *kd_ce, *kd_kd;   /* owned (kd_window): the adaptive-alpha windows, oldest first */
     uint64_t kd_count;
+    size_t router_n;         /* 0 when the checkpoint holds no /kd/router (kd.method = sar) */
+    float *router_gate, *router_m, *router_v; /* owned (router_n) */
+    int64_t router_step;
 } mome_ckpt_info;
 
 /* Opens and checks format and version, reads the scalar state, the config text and the per-rank state.

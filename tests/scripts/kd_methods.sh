@@ -34,6 +34,30 @@ run 2 all_coord teacher.placement=coordinator kd.method=all kd.teacher_topk=8
   || { cat cache.log; fail "mome teacher cache (method all)"; }
 run 2 all_cache teacher.placement=cache kd.method=all kd.teacher_topk=8 teacher.cache=all.h5
 
+# the student-aware router through mome train: the teacher's gate trained at every step (lr large enough to
+# move it in 6 steps), coordinator vs each, saved with the checkpoints, resumed exactly
+run 2 sar_coord teacher.placement=coordinator kd.method=sar kd.sar_lr=1e-2 checkpoint.every=3
+run 2 sar_each teacher.placement=each kd.method=sar kd.sar_lr=1e-2
+run 2 sar_coord teacher.placement=coordinator kd.method=sar kd.sar_lr=1e-2 train.resume=ckpt/sar_coord/step_00000003.h5
+cp runs/sar_coord/metrics.jsonl sar_resumed.jsonl
+run 2 sar_whole teacher.placement=coordinator kd.method=sar kd.sar_lr=1e-2
+[ -f ckpt/sar_coord/teacher_router/latest ] || fail "no trained teacher router saved with the sar run"
+"$MOME_BIN" eval "ckpt/sar_coord/teacher_router/$(cat ckpt/sar_coord/teacher_router/latest)" --windows 2 \
+  > sar_router_eval.txt 2>&1 || { cat sar_router_eval.txt; fail "the saved teacher router does not load"; }
+"$PYTHON" - <<'PY' || fail "sar through mome train"
+import json
+def recs(path):
+    return {r["step"]: r for r in map(json.loads, open(path)) if r.get("topic") == "mome.train"}
+c, e = recs("runs/sar_coord/metrics.jsonl"), recs("runs/sar_each/metrics.jsonl")
+w, r = recs("runs/sar_whole/metrics.jsonl"), recs("sar_resumed.jsonl")
+worst = max(abs(c[s]["loss"] - e[s]["loss"]) / abs(c[s]["loss"]) for s in range(1, 7))
+print(f"sar coordinator vs each: max relative loss difference {worst:.2e} (tolerance 1e-5)")
+rl = [w[s]["teacher_router_loss"] for s in range(1, 7)]
+print("teacher router loss per step:", " ".join(f"{x:.4f}" for x in rl))
+diff = max(abs(w[s]["loss"] - r[s]["loss"]) for s in range(4, 7))
+print(f"sar resumed at step 3 vs uninterrupted, steps 4-6: max loss difference {diff:.2e} (must be 0)")
+assert worst < 1e-5 and diff == 0 and all(x is not None for x in rl)
+PY
 expect_fail "method = ka distils an MoE teacher, but teacher ckpt/dense/step_00000002.h5 is dense" \
   "$MOME_BIN" train "$tiny" "${kd[@]}" train.run_name=bad teacher.checkpoint=ckpt/dense kd.method=ka
 expect_fail "method = ka needs the teacher itself at every step" \
