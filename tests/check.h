@@ -4,6 +4,7 @@
 #ifndef MOME_TEST_CHECK_H
 #define MOME_TEST_CHECK_H
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -69,5 +70,38 @@ static int failures = 0;
             failures++;                                                                                 \
         }                                                                                               \
     } while (0)
+
+/* Numerical comparisons: the error err_abs relative to scale against a tolerance, printed as one line per check
+ * (so a log shows the measured margins), counted in `failures` when it exceeds the tolerance or is not finite. */
+static inline void check_report(const char *what, double err_abs, double scale, double tol, const char *file,
+                                int line) {
+    const double rel = err_abs / (scale > 1e-30 ? scale : 1e-30);
+    const int ok = rel <= tol && isfinite(rel);
+    printf("%-64s max abs err %.3e  scale %.3e  rel %.3e  tol %.1e  %s\n", what, err_abs, scale, rel, tol,
+           ok ? "ok" : "FAIL");
+    if (!ok) {
+        fprintf(stderr, "%s:%d: %s: relative error %.3e exceeds tolerance %.1e\n", file, line, what, rel, tol);
+        failures++;
+    }
+}
+#define REPORT(what, err, scale, tol) check_report(what, err, scale, tol, __FILE__, __LINE__)
+
+static inline double max_abs(const float *a, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
+    return m;
+}
+
+/* Largest |a - b| (infinite when a difference is NaN). */
+static inline double max_diff(const float *a, const float *b, size_t n) {
+    double err = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - (double)b[i]);
+        err = isnan(d) ? INFINITY : fmax(err, d);
+    }
+    return err;
+}
+/* a against b, relative to the largest |b|. */
+#define COMPARE(what, a, b, n, tol) REPORT(what, max_diff(a, b, n), max_abs(b, n), tol)
 
 #endif

@@ -36,6 +36,8 @@
 #include "mome/rng.h"
 #include "mome/train.h"
 
+#include "check.h"
+
 #define HASH "0123456789abcdef"
 #define TV 32       /* vocabulary */
 #define TMAX 16     /* teacher positions */
@@ -48,37 +50,9 @@
 #define FD_TOL 3e-3  /* whole-model finite differences, float32 forward (as test_moe_modes.c GPT_FD_TOL) */
 #define FD_ENTRIES 32
 
-static int failures = 0;
 static mome_rng rng;
 static char tmpdir[64];
 
-static void report(const char *what, double err_abs, double scale, double tol, const char *file, int line) {
-    const double rel = err_abs / (scale > 1e-30 ? scale : 1e-30);
-    const int ok = rel <= tol && isfinite(rel);
-    printf("%-64s max abs err %.3e  scale %.3e  rel %.3e  tol %.1e  %s\n", what, err_abs, scale, rel, tol,
-           ok ? "ok" : "FAIL");
-    if (!ok) {
-        fprintf(stderr, "%s:%d: %s: relative error %.3e exceeds tolerance %.1e\n", file, line, what, rel, tol);
-        failures++;
-    }
-}
-#define REPORT(what, err, scale, tol) report(what, err, scale, tol, __FILE__, __LINE__)
-
-static double max_abs(const float *a, size_t n) {
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
-    return m;
-}
-
-static double max_diff(const float *a, const float *b, size_t n) {
-    double err = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)a[i] - (double)b[i]);
-        err = isnan(d) ? INFINITY : fmax(err, d);
-    }
-    return err;
-}
-#define COMPARE(what, a, b, n, tol) REPORT(what, max_diff(a, b, n), max_abs(b, n), tol)
 
 static void expect(int ok, const char *what, const char *file, int line) {
     printf("%-64s %s\n", what, ok ? "ok" : "FAIL");

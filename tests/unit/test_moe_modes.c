@@ -36,6 +36,8 @@
 #include "mome/moe.h"
 #include "mome/rng.h"
 
+#include "check.h"
+
 #define FD_H 1e-2f
 #define FD_TOL 1e-3      /* finite-difference relative error (float32 evaluation, as test_moe.c) */
 #define FD_MAX_SKIP 0.25 /* at most this fraction of the entries of a tensor may be skipped for routing flips... */
@@ -45,7 +47,6 @@
 #define Z_MAX 5.0        /* sampling frequencies: at most this many binomial standard deviations off */
 #define GPT_FD_TOL 3e-3  /* whole-model finite differences (as test_model_moe.c) */
 
-static int failures = 0;
 static mome_rng rng;
 
 #define FAILF(...)                                      \
@@ -66,35 +67,7 @@ static mome_rng rng;
         }                                     \
     } while (0)
 
-static double max_abs(const float *a, size_t n) {
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
-    return m;
-}
-
-static void report(const char *what, double err_abs, double scale, double tol, const char *file, int line) {
-    const double rel = err_abs / (scale > 1e-30 ? scale : 1e-30);
-    const int ok = rel <= tol && isfinite(rel);
-    printf("%-62s max abs err %.3e  scale %.3e  rel %.3e  tol %.1e  %s\n", what, err_abs, scale, rel, tol,
-           ok ? "ok" : "FAIL");
-    if (!ok) {
-        fprintf(stderr, "%s:%d: %s: relative error %.3e exceeds tolerance %.1e\n", file, line, what, rel, tol);
-        failures++;
-    }
-}
-#define REPORT(what, err, scale, tol) report(what, err, scale, tol, __FILE__, __LINE__)
-
-/* float vs float, relative to the largest |b|. */
-static void compare_ff(const char *what, const float *a, const float *b, size_t n, double tol, const char *file,
-                       int line) {
-    double err = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)a[i] - (double)b[i]);
-        err = isnan(d) ? INFINITY : fmax(err, d);
-    }
-    report(what, err, max_abs(b, n), tol, file, line);
-}
-#define COMPARE_FF(what, a, b, n, tol) compare_ff(what, a, b, n, tol, __FILE__, __LINE__)
+#define COMPARE_FF COMPARE
 
 static void expect_bitwise(const char *what, const void *a, const void *b, size_t bytes, const char *file,
                            int line) {
@@ -246,7 +219,7 @@ static void fd_check(const char *what, fixture *f, float *x, const float *ana, s
     }
     char label[200];
     snprintf(label, sizeof label, "fd %s (%zu of %zu, %zu skipped)", what, checks - skipped, n, skipped);
-    report(label, err, max_abs(ana, n), FD_TOL, file, line);
+    check_report(label, err, max_abs(ana, n), FD_TOL, file, line);
     if ((double)skipped > max_skip * (double)checks) {
         fprintf(stderr, "%s:%d: %s: %zu of %zu entries skipped for routing changes (limit %.0f%%)\n", file, line,
                 what, skipped, checks, 100.0 * max_skip);
