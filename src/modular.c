@@ -113,7 +113,7 @@ struct mome_modular_acts {
     size_t cap_send, cap_recv; /* rows */
     float *send, *recv, *out, *back, *scratch; /* send/back (cap_send), recv/out/scratch (cap_recv) */
     float *encoded, *h, *lnf, *lnf_mean, *lnf_rstd; /* (max_B*T, C), (max_B*T) */
-    float *dh, *dx, *dres;   /* (max_B*T, C) */
+    float *dh, *dx;          /* (max_B*T, C) */
     int scratch_cap;         /* sequences the block scratch holds */
     mome_block_scratch bs;
     /* per trunk tensor k: offset of "experts/k" and "common/k" (0 when absent), floats of one layer */
@@ -135,8 +135,7 @@ static void acts_free(mome_modular_acts *a) {
     block_scratch_free(&a->bs);
     void *bufs[] = {a->trunks, a->send_counts, a->send_seq, a->local_rows, a->local_first, a->weight,
                     a->send,   a->recv,        a->out,      a->back,       a->scratch,     a->encoded,
-                    a->h,      a->lnf,         a->lnf_mean, a->lnf_rstd,   a->dh,          a->dx,
-                    a->dres};
+                    a->h,      a->lnf,         a->lnf_mean, a->lnf_rstd,   a->dh,          a->dx};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mome_free(bufs[i]);
     mome_free(a);
 }
@@ -347,7 +346,7 @@ int mome_modular_reserve(mome_modular *m, int B, int T) {
     a->local_rows = mome_calloc((size_t)m->expert_count, sizeof *a->local_rows);
     a->local_first = mome_calloc((size_t)m->expert_count + 1, sizeof *a->local_first);
     a->weight = mome_malloc((size_t)B * f);
-    float **single[] = {&a->encoded, &a->h, &a->lnf, &a->dh, &a->dx, &a->dres};
+    float **single[] = {&a->encoded, &a->h, &a->lnf, &a->dh, &a->dx};
     for (size_t i = 0; i < sizeof single / sizeof single[0]; i++) *single[i] = mome_malloc(cap * C * f);
     a->lnf_mean = mome_malloc(cap * f);
     a->lnf_rstd = mome_malloc(cap * f);
@@ -462,6 +461,33 @@ static void trunk_backward(mome_modular *m, int t, const float *x, float *dres, 
     }
 }
 
+/* rows[i] = weight[s] * src[s] for i < n, s = seq[i] (or i when seq is NULL); rows of `row` floats. */
+static void gather_scaled(float *rows, const int32_t *seq, const float *src, const float *weight, int n, size_t row) {
+    for (int i = 0; i < n; i++) {
+        const int s = seq ? seq[i] : i;
+        const float w = weight[s], *in = src + (size_t)s * row;
+        float *out = rows + (size_t)i * row;
+        for (size_t j = 0; j < row; j++) out[j] = w * in[j];
+    }
+}
+
+/* dst[seq[i]] += weight[seq[i]] * rows[i] (weight NULL: 1) for i < n. */
+static void scatter_add(float *dst, const int32_t *seq, const float *rows, const float *weight, int n, size_t row) {
+    for (int i = 0; i < n; i++) {
+        const float w = weight ? weight[seq[i]] : 1.0f, *in = rows + (size_t)i * row;
+        float *out = dst + (size_t)seq[i] * row;
+        for (size_t j = 0; j < row; j++) out[j] += w * in[j];
+    }
+}
+
+/* Collective: rows to their trunks' ranks (reverse 0, send order -> grouped by local trunk) or back (reverse 1). */
+static void exchange(mome_modular *m, int reverse, const float *in, float *out, size_t row) {
+    const int rc = reverse ? mome_dispatch_reverse(m->dispatch, in, out, m->acts->scratch, (int)row)
+                           : mome_dispatch_forward(m->dispatch, in, out, m->acts->scratch, (int)row);
+    MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
+    m->bytes_sent += m->dispatch->bytes_sent;
+}
+
 void mome_modular_forward(mome_modular *m, const int32_t *inputs, const int32_t *routes, int B, int T) {
     check_call(m, inputs, routes, B, T);
     mome_modular_acts *a = m->acts;
@@ -474,44 +500,23 @@ void mome_modular_forward(mome_modular *m, const int32_t *inputs, const int32_t 
     MOME_CHECK(rc == MOME_OK, "modular: dispatch plan: %s", mome_error_message());
     for (int i = 0; i < a->n_send; i++)
         memcpy(a->send + (size_t)i * row, a->encoded + (size_t)a->send_seq[i] * row, row * sizeof(float));
-    float *recv = a->send, *back = a->out;
+    /* without a dispatch the send buffer is the received one, and the outputs are already in send order */
+    const float *recv = m->dispatch ? a->recv : a->send, *back = m->dispatch ? a->back : a->out;
     m->bytes_sent = 0;
-    if (m->dispatch) {
-        recv = a->recv;
-        back = a->back;
-        rc = mome_dispatch_forward(m->dispatch, a->send, recv, a->scratch, (int)row);
-        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
-        m->bytes_sent += m->dispatch->bytes_sent;
-    }
+    if (m->dispatch) exchange(m, 0, a->send, a->recv, row);
     for (int t = 0; t < m->expert_count; t++) {
         const int n = a->local_rows[t];
         if (n == 0) continue;
         const size_t first = (size_t)a->local_first[t] * row;
         memcpy(a->out + first, trunk_forward(m, t, recv + first, n, T), (size_t)n * row * sizeof(float));
     }
-    if (m->dispatch) {
-        rc = mome_dispatch_reverse(m->dispatch, a->out, back, a->scratch, (int)row);
-        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
-        m->bytes_sent += m->dispatch->bytes_sent;
-    }
-    if (a->common_on) { /* h = weight * common(x), then the experts' outputs are added */
-        const float *o = trunk_forward(m, m->expert_count, a->encoded, B, T);
-        for (int b = 0; b < B; b++) {
-            const float wb = a->weight[b];
-            float *hb = a->h + (size_t)b * row;
-            const float *ob = o + (size_t)b * row;
-            for (size_t j = 0; j < row; j++) hb[j] = wb * ob[j];
-        }
-    } else {
+    if (m->dispatch) exchange(m, 1, a->out, a->back, row);
+    /* h = weight * common(x), then += weight * each expert trunk's output (in send order) */
+    if (a->common_on)
+        gather_scaled(a->h, NULL, trunk_forward(m, m->expert_count, a->encoded, B, T), a->weight, B, row);
+    else
         memset(a->h, 0, BT * (size_t)C * sizeof(float));
-    }
-    for (int i = 0; i < a->n_send; i++) { /* h[b] += weight[b] * trunk output, in send (expert) order */
-        const int b = a->send_seq[i];
-        const float wb = a->weight[b];
-        float *hb = a->h + (size_t)b * row;
-        const float *o = back + (size_t)i * row;
-        for (size_t j = 0; j < row; j++) hb[j] += wb * o[j];
-    }
+    scatter_add(a->h, a->send_seq, back, a->weight, a->n_send, row);
     mome_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h, shared_tensor(m, m->params, "ln_f_w"),
                            shared_tensor(m, m->params, "ln_f_b"), BT, C);
     mome_matmul_forward(m->logits, a->lnf, wte, NULL, BT, C, V);
@@ -537,49 +542,24 @@ void mome_modular_backward(mome_modular *m, const int32_t *inputs, const int32_t
      * and the trunks' inputs are still in the send buffer. */
     float *dsend = m->dispatch ? a->back : a->out, *drecv = a->out;
     const float *x_recv = m->dispatch ? a->recv : a->send;
-    for (int i = 0; i < a->n_send; i++) {
-        const int b = a->send_seq[i];
-        const float wb = a->weight[b];
-        const float *dhb = a->dh + (size_t)b * row;
-        float *d = dsend + (size_t)i * row;
-        for (size_t j = 0; j < row; j++) d[j] = wb * dhb[j];
-    }
+    gather_scaled(dsend, a->send_seq, a->dh, a->weight, a->n_send, row);
     m->bytes_sent = 0;
-    if (m->dispatch) {
-        rc = mome_dispatch_forward(m->dispatch, dsend, drecv, a->scratch, (int)row);
-        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
-        m->bytes_sent += m->dispatch->bytes_sent;
-    }
+    if (m->dispatch) exchange(m, 0, dsend, drecv, row);
     for (int t = 0; t < m->expert_count; t++) { /* in place: each block of drecv becomes d(trunk input) */
         const int n = a->local_rows[t];
         if (n == 0) continue;
         const size_t first = (size_t)a->local_first[t] * row;
         trunk_backward(m, t, x_recv + first, drecv + first, n, T);
     }
-    const float *dback = drecv;
-    if (m->dispatch) {
-        rc = mome_dispatch_reverse(m->dispatch, drecv, a->back, a->scratch, (int)row);
-        MOME_CHECK(rc == MOME_OK, "modular: dispatch: %s", mome_error_message());
-        m->bytes_sent += m->dispatch->bytes_sent;
-        dback = a->back;
-    }
-    if (a->common_on) { /* dx = common's input gradient, then the experts' are added */
-        for (int b = 0; b < B; b++) {
-            const float wb = a->weight[b];
-            const float *dhb = a->dh + (size_t)b * row;
-            float *d = a->dres + (size_t)b * row;
-            for (size_t j = 0; j < row; j++) d[j] = wb * dhb[j];
-        }
-        trunk_backward(m, m->expert_count, a->encoded, a->dres, B, T);
-        memcpy(a->dx, a->dres, BT * (size_t)C * sizeof(float));
+    if (m->dispatch) exchange(m, 1, drecv, a->back, row);
+    /* dx = the common trunk's input gradient (run in place on dx), then += the expert trunks' */
+    if (a->common_on) {
+        gather_scaled(a->dx, NULL, a->dh, a->weight, B, row);
+        trunk_backward(m, m->expert_count, a->encoded, a->dx, B, T);
     } else {
         memset(a->dx, 0, BT * (size_t)C * sizeof(float));
     }
-    for (int i = 0; i < a->n_send; i++) {
-        float *dxb = a->dx + (size_t)a->send_seq[i] * row;
-        const float *d = dback + (size_t)i * row;
-        for (size_t j = 0; j < row; j++) dxb[j] += d[j];
-    }
+    scatter_add(a->dx, a->send_seq, m->dispatch ? a->back : drecv, NULL, a->n_send, row);
     mome_encoder_backward(gwte, shared_tensor(m, m->grads, "wpe"), a->dx, inputs, B, T, C);
 }
 
