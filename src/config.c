@@ -146,6 +146,13 @@ static const field schema[] = {
      "method=sar: learning rate of the teacher's gate (its own AdamW, constant, no weight decay)"},
     {"kd", "sar_aux_coef", T_FLOAT, F(kd, sar_aux_coef), "0.01", 0, 100,
      "method=sar: weight of the Switch load-balancing term (f_e from the teacher's top_k) in the router loss"},
+    {"kd", "on_policy", T_FLOAT, F(kd, on_policy), "0", 0, 1,
+     "share of the KD micro-batches whose continuation the student samples itself and the teacher scores (GKD); "
+     "0: off"},
+    {"kd", "on_policy_tokens", T_INT, F(kd, on_policy_tokens), "0", 0, 1048576,
+     "on_policy: tokens the student samples at the end of each sequence (no CE on them); 0: a quarter of seq_len"},
+    {"kd", "on_policy_temperature", T_FLOAT, F(kd, on_policy_temperature), "1", 0, 100,
+     "on_policy: the student's sampling temperature; 0: its most likely token"},
 
     {"parallel", "ep", T_INT, F(parallel, ep), "0", 0, 1048576,
      "ranks in an expert-parallel group (must divide the world size); 0: all ranks"},
@@ -717,6 +724,16 @@ int mome_config_validate(const mome_config *cfg) {
                 return mome_error_set(MOME_ECONFIG, "config: [%s] %s = '%s': expected one of %s", choices[i].section,
                                       choices[i].key, v, a);
         }
+    }
+    if (cfg->kd.on_policy > 0.0f) {
+        const char *refusal = !cfg->teacher.checkpoint[0] ? "there is no [teacher] checkpoint"
+                              : cfg->modular.enabled     ? "a modular student cannot sample yet"
+                              : strcmp(cfg->teacher.placement, "cache") == 0
+                                  ? "[teacher] placement = cache holds targets for the corpus's samples only"
+                              : cfg->kd.on_policy_tokens >= cfg->model.seq_len ? "on_policy_tokens leaves no prefix"
+                                                                               : NULL;
+        if (refusal)
+            return mome_error_set(MOME_ECONFIG, "config: [kd] on_policy = %g: %s", (double)cfg->kd.on_policy, refusal);
     }
     if (!cfg->data.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [data] dir is empty");
     if (!cfg->checkpoint.dir[0]) return mome_error_set(MOME_ECONFIG, "config: [checkpoint] dir is empty");

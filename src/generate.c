@@ -1,7 +1,10 @@
-/* generate.c — sampling a continuation from a model (temperature, top-k), deterministic for a seed.
+/* generate.c — sampling a continuation from a model (temperature, top-k), deterministic for a seed: one prompt
+ * for `mome generate`, or a batch of rows for on-policy distillation (kd.on_policy).
  *
  * Each new token reruns the forward pass over the (cropped) context; the models mome trains on CPUs are small
- * and prompts short, so a KV cache is not worth its complexity here.
+ * and prompts short, so a KV cache is not worth its complexity here. For on-policy rows that makes sampling g
+ * tokens after a prefix of p cost about g forwards of length p + g/2, paid on the micro-batches the student
+ * writes (docs/distillation.md gives the measured cost).
  */
 #include <math.h>
 #include <string.h>
@@ -10,6 +13,54 @@
 #include "mome/rng.h"
 #include "mome/tokenizer.h"
 #include "mome/train.h"
+
+/* The next token from one position's logits: the most likely (temperature <= 0) or a draw from the softmax at
+ * `temperature` over the top_k largest logits (0: all). probs (V) is scratch. */
+static int32_t pick_token(const float *logits, int V, float temperature, int top_k, float *probs, mome_rng *rng) {
+    if (temperature <= 0.0f) {
+        int next = 0;
+        for (int v = 1; v < V; v++)
+            if (logits[v] > logits[next]) next = v;
+        return next;
+    }
+    float mx = -INFINITY;
+    for (int v = 0; v < V; v++) mx = fmaxf(mx, logits[v]);
+    float thresh = -INFINITY;
+    if (top_k > 0 && top_k < V) {
+        /* The k-th largest logit by partial selection. */
+        for (int v = 0; v < V; v++) probs[v] = logits[v];
+        int lo = 0, hi = V - 1, k = top_k - 1;
+        while (lo < hi) {
+            float pivot = probs[(lo + hi) / 2];
+            int a = lo, b = hi;
+            while (a <= b) {
+                while (probs[a] > pivot) a++;
+                while (probs[b] < pivot) b--;
+                if (a <= b) {
+                    float t = probs[a];
+                    probs[a] = probs[b];
+                    probs[b] = t;
+                    a++, b--;
+                }
+            }
+            if (k <= b) hi = b;
+            else if (k >= a) lo = a;
+            else break;
+        }
+        thresh = probs[k];
+    }
+    double sum = 0.0;
+    for (int v = 0; v < V; v++) {
+        probs[v] = logits[v] >= thresh ? expf((logits[v] - mx) / temperature) : 0.0f;
+        sum += probs[v];
+    }
+    double r = (double)mome_rng_uniform(rng) * sum, acc = 0.0;
+    for (int v = 0; v < V; v++) {
+        acc += probs[v];
+        if (probs[v] > 0.0f && r < acc) return v;
+    }
+    return V - 1;
+}
 
 int mome_generate(mome_gpt *m, const int32_t *prompt, int n_prompt, int n_tokens, float temperature, int top_k,
                   uint64_t seed, int32_t *out) {
@@ -30,54 +81,7 @@ int mome_generate(mome_gpt *m, const int32_t *prompt, int n_prompt, int n_tokens
         int start = n > Tmax ? n - Tmax : 0;
         int T = n - start;
         mome_gpt_forward(m, ctx + start, 1, T);
-        const float *logits = m->logits + (size_t)(T - 1) * V;
-        int next;
-        if (temperature <= 0.0f) {
-            next = 0;
-            for (int v = 1; v < V; v++)
-                if (logits[v] > logits[next]) next = v;
-        } else {
-            float mx = -INFINITY;
-            for (int v = 0; v < V; v++) mx = fmaxf(mx, logits[v]);
-            float thresh = -INFINITY;
-            if (top_k > 0 && top_k < V) {
-                /* The k-th largest logit by partial selection. */
-                for (int v = 0; v < V; v++) probs[v] = logits[v];
-                int lo = 0, hi = V - 1, k = top_k - 1;
-                while (lo < hi) {
-                    float pivot = probs[(lo + hi) / 2];
-                    int a = lo, b = hi;
-                    while (a <= b) {
-                        while (probs[a] > pivot) a++;
-                        while (probs[b] < pivot) b--;
-                        if (a <= b) {
-                            float t = probs[a];
-                            probs[a] = probs[b];
-                            probs[b] = t;
-                            a++, b--;
-                        }
-                    }
-                    if (k <= b) hi = b;
-                    else if (k >= a) lo = a;
-                    else break;
-                }
-                thresh = probs[k];
-            }
-            double sum = 0.0;
-            for (int v = 0; v < V; v++) {
-                probs[v] = logits[v] >= thresh ? expf((logits[v] - mx) / temperature) : 0.0f;
-                sum += probs[v];
-            }
-            double r = (double)mome_rng_uniform(&rng) * sum, acc = 0.0;
-            next = V - 1;
-            for (int v = 0; v < V; v++) {
-                acc += probs[v];
-                if (probs[v] > 0.0f && r < acc) {
-                    next = v;
-                    break;
-                }
-            }
-        }
+        const int32_t next = pick_token(m->logits + (size_t)(T - 1) * V, V, temperature, top_k, probs, &rng);
         ctx[n] = next;
         out[i] = next;
         if (next == MOME_TOK_EOS) {
@@ -88,4 +92,27 @@ int mome_generate(mome_gpt *m, const int32_t *prompt, int n_prompt, int n_tokens
     mome_free(probs);
     mome_free(ctx);
     return n - n_prompt;
+}
+
+int mome_generate_rows(mome_gpt *m, int32_t *rows, int B, int T, int from, float temperature, uint64_t seed,
+                       uint64_t counter, uint64_t row_base) {
+    const int V = m->cfg.vocab_size;
+    if (from < 1 || from > T || B < 1)
+        return mome_error_set(MOME_EINVAL, "generate: rows of %d tokens cannot be continued from position %d", T,
+                              from);
+    int32_t *ctx = mome_malloc((size_t)B * (size_t)T * sizeof *ctx); /* (B, t): the forward wants them packed */
+    float *probs = mome_malloc((size_t)V * sizeof *probs);
+    mome_rng *rng = mome_malloc((size_t)B * sizeof *rng);
+    for (int b = 0; b < B; b++) mome_rng_stream(&rng[b], seed, counter, row_base + (uint64_t)b);
+    for (int t = from; t < T; t++) {
+        for (int b = 0; b < B; b++) memcpy(ctx + (size_t)b * t, rows + (size_t)b * T, (size_t)t * sizeof *ctx);
+        mome_gpt_forward(m, ctx, B, t);
+        for (int b = 0; b < B; b++)
+            rows[(size_t)b * T + t] =
+                pick_token(m->logits + ((size_t)b * t + (size_t)(t - 1)) * V, V, temperature, 0, probs, &rng[b]);
+    }
+    mome_free(rng);
+    mome_free(probs);
+    mome_free(ctx);
+    return MOME_OK;
 }

@@ -38,6 +38,17 @@ int mome_set_threads(int n) {
     return n;
 }
 
+/* Stream purpose of the on-policy seed (mome_rng_stream(train.seed, ON_POLICY_STREAM, 0)). */
+#define ON_POLICY_STREAM 0x6f6e70ULL
+
+/* The on-policy coin of a micro-batch: uniform in [0, 1) from (seed, micro-batch) alone, so every rank and a
+ * resumed run toss the same. Its stream index (2^64 - 1) is one no sampled row uses. */
+static float on_policy_coin(uint64_t seed, uint64_t global_micro) {
+    mome_rng r;
+    mome_rng_stream(&r, seed, global_micro, UINT64_MAX);
+    return mome_rng_uniform(&r);
+}
+
 /* All ranks agree on a status: the worst (most negative) one wins, so either every rank goes on or every rank
  * returns an error and none is left waiting in a collective. */
 static int agree(int rc, MPI_Comm comm) {
@@ -369,6 +380,8 @@ typedef struct {
     mome_kd_alpha alpha;   /* CE/KD weighting state (saved in checkpoints) */
     mome_kd_schedule schedule;
     mome_rng rng;          /* this rank's generator (saved in checkpoints; reserved for stochastic parts) */
+    uint64_t on_policy_seed; /* kd.on_policy: seed of the coin per micro-batch and of the student's samples */
+    int on_policy_from;    /* kd.on_policy: the first position the student samples */
     uint64_t data_cursor;  /* samples drawn by this rank */
     long step;             /* optimizer steps completed */
     int64_t tokens_seen;
@@ -546,6 +559,7 @@ typedef struct {
     double alpha;      /* the CE weight used in this step */
     double bytes;      /* teacher target bytes rank 0 sent to the other ranks this step */
     double router;     /* kd.method = sar: the teacher router's loss before its steps (mean over micro-batches) */
+    double on_policy;  /* kd.on_policy: share of the step's micro-batches the student sampled (NaN: off) */
 } kd_step_stats;
 
 static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *ms, const kd_step_stats *ks,
@@ -587,6 +601,7 @@ static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *
     json_object_set_new(o, "dropped_frac", has_moe ? json_num(ms->dropped_frac) : json_null());
     json_object_set_new(o, "teacher_bytes", ks ? json_num(ks->bytes) : json_null());
     json_object_set_new(o, "teacher_router_loss", ks ? json_num(ks->router) : json_null());
+    json_object_set_new(o, "on_policy", ks ? json_num(ks->on_policy) : json_null());
     json_t *load = json_null();
     if (tr->modular) { /* one row: the share of the step's sequences each expert trunk received */
         double total = 0.0;
@@ -759,6 +774,12 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
     rc = mome_adamw_init(&tr->opt, &oc, tr->table->total);
     if (rc) return rc;
     mome_rng_stream(&tr->rng, cfg->train.seed, 0x7a11, (uint64_t)tr->rank);
+    if (cfg->kd.on_policy > 0.0f) {
+        mome_rng r;
+        mome_rng_stream(&r, cfg->train.seed, ON_POLICY_STREAM, 0);
+        tr->on_policy_seed = mome_rng_u64(&r);
+        tr->on_policy_from = tr->T - (cfg->kd.on_policy_tokens > 0 ? cfg->kd.on_policy_tokens : tr->T / 4);
+    }
 
     /* The resolved config records what the model really is (vocabulary, MLP width). */
     mome_config resolved = *cfg;
@@ -944,6 +965,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         /* With a teacher: the weighted objective in loss_sum, and its parts (summed over rows) for the log and the
          * adaptive alpha: [ce_sum, ce_rows, kl_sum, kl_rows]. */
         double parts[4] = {0, 0, 0, 0};
+        int on_policy_micro = 0; /* micro-batches the student sampled */
         const double alpha = mome_kd_alpha_get(&tr.alpha);
         size_t kd_bytes = 0;
         double router_sum[2] = {0, 0}; /* sar: the last router loss, and the step's sum */
@@ -968,6 +990,19 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
             if (tr.kd.on)
                 mome_kd_weights(tr.schedule, alpha, (uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro, &w_ce,
                                 &w_kd);
+            /* On-policy (GKD): on a share of the KD micro-batches, the student writes the end of each sequence
+             * itself and the teacher scores it; the coin is a function of (seed, micro-batch), the same on every
+             * rank, so they all generate together (the MoE forward is collective). No CE on the student's tokens. */
+            const uint64_t global_micro = (uint64_t)tr.step * (uint64_t)tr.accum + (uint64_t)micro;
+            if (w_kd > 0.0f && cfg->kd.on_policy > 0.0f && on_policy_coin(tr.on_policy_seed, global_micro) <
+                                                               cfg->kd.on_policy) {
+                rc = mome_generate_rows(&tr.model, inp, Bl, T, tr.on_policy_from, cfg->kd.on_policy_temperature,
+                                        tr.on_policy_seed, global_micro, base);
+                if (rc) MOME_FATAL("on-policy sampling: %s", mome_error_message());
+                for (int b = 0; b < Bl; b++)
+                    for (int t = tr.on_policy_from - 1; t < T; t++) tgt[(size_t)b * T + t] = -1;
+                on_policy_micro++;
+            }
             if (tr.modular) {
                 mome_seq_router_route(&tr.sr, tr.routing, inp, tr.domains, Bl, T, tr.routes);
                 for (int b = 0; b < Bl; b++) {
@@ -1023,7 +1058,8 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         if (tr.world > 1 && tr.kd.on) MPI_Allreduce(MPI_IN_PLACE, parts, 4, MPI_DOUBLE, MPI_SUM, comm);
         double ce = loss_sum / ((double)tr.B * T * tr.accum);
         kd_step_stats ks = {NAN, NAN, alpha, (double)kd_bytes,
-                            tr.kd.on && tr.kd.method == MOME_KD_METHOD_SAR ? router_sum[1] / tr.accum : NAN};
+                            tr.kd.on && tr.kd.method == MOME_KD_METHOD_SAR ? router_sum[1] / tr.accum : NAN,
+                            cfg->kd.on_policy > 0.0f ? (double)on_policy_micro / tr.accum : NAN};
         if (tr.kd.on) {
             const double T2 = (double)cfg->kd.temperature * (double)cfg->kd.temperature;
             ks.ce = parts[1] > 0 ? parts[0] / parts[1] : NAN;

@@ -95,6 +95,9 @@ typedef struct {
     int ka_n;                      /* ka: experts per token n; 0: n_experts - 1 */
     float sar_lr;                  /* sar: learning rate of the teacher's router (AdamW, no weight decay) */
     float sar_aux_coef;            /* sar: coefficient of the load-balancing term of the router loss */
+    float on_policy;               /* share of KD micro-batches whose continuations the student samples (GKD) */
+    int on_policy_tokens;          /* on_policy: sampled tokens at the end of each sequence; 0: seq_len / 4 */
+    float on_policy_temperature;   /* on_policy: the student's sampling temperature */
 } mome_kd_section;
 
 typedef struct {

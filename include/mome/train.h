@@ -86,4 +86,13 @@ int mome_load_modular(const char *ckpt_path, const char *router, mome_config *cf
 int mome_generate(mome_gpt *m, const int32_t *prompt, int n_prompt, int n_tokens, float temperature, int top_k,
                   uint64_t seed, int32_t *out);
 
+/* On-policy distillation (kd.on_policy): replaces tokens [from, T) of each of the B rows (B, T) with the model's
+ * own samples at `temperature` (<= 0: the most likely), one position at a time for all rows together (a forward
+ * of (B, t) per new position t, so under expert parallelism every rank must call it with the same B, T and from).
+ * Row b draws from mome_rng_stream(seed, counter, row_base + b): its random numbers depend neither on the other
+ * rows nor on how the batch is split over ranks or threads (its tokens do only through the logits). Leaves the model's activations of the last
+ * (B, T - 1) forward; the caller runs its training forward afterwards. */
+int mome_generate_rows(mome_gpt *m, int32_t *rows, int B, int T, int from, float temperature, uint64_t seed,
+                       uint64_t counter, uint64_t row_base);
+
 #endif
