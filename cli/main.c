@@ -1,8 +1,8 @@
 /* main.c — the `mome` command line: parses arguments and dispatches each verb to libmome.
  *
- * Verbs that may run under mpirun (train, eval) initialise MPI; the others do not need it. Rank 0 parses and
- * validates the configuration and broadcasts the resolved text, so every rank runs the same configuration and
- * a bad file is reported once.
+ * Verbs that may run under mpirun (train, eval, analyze) initialise MPI; the others do not need it. Rank 0 parses
+ * and validates the configuration and broadcasts the resolved text, so every rank runs the same configuration
+ * and a bad file is reported once.
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mome/analyze.h"
 #include "mome/bench.h"
 #include "mome/checkpoint.h"
 #include "mome/common.h"
@@ -40,6 +41,8 @@ static const char *usage_main =
     "                            train (run under mpirun for more than one rank)\n"
     "  eval CHECKPOINT [--data DIR]\n"
     "                            per-domain validation loss and perplexity\n"
+    "  analyze gates CHECKPOINT [--data DIR] [--windows N] [--json FILE] [--plot FILE.svg]\n"
+    "                            how an MoE model's gate spreads its mass over activated and other experts\n"
     "  generate CHECKPOINT [--prompt TEXT] [--tokens N]\n"
     "                            sample a continuation\n"
     "  teacher cache CONFIG [section.key=value ...]\n"
@@ -112,6 +115,22 @@ static const char *usage_eval =
     "  --experts ...  separately trained students, one per domain (pre-trained language experts), combined:\n"
     "                 each sequence is scored by the student the router picks (\"routed\") or by the student\n"
     "                 of its own domain (\"gold\")\n";
+
+static const char *usage_analyze =
+    "usage: mome analyze gates CHECKPOINT [--data DIR] [--windows N] [--json FILE] [--plot FILE.svg]\n"
+    "       mpirun -np N mome analyze gates CHECKPOINT [options]\n"
+    "\n"
+    "How the gate of an MoE model spreads its probability over the experts (\"Every Expert Matters\": the experts\n"
+    "a layer does not activate still carry gate mass; docs/analysis.md). Runs the GPT in CHECKPOINT (a checkpoint\n"
+    "file, or a run directory: its latest), whose MLPs must be MoE layers, with its trained top-k gate over the\n"
+    "validation windows of every domain (those `mome eval` uses) and prints, per layer: the mean gate probability\n"
+    "at each rank (the E probabilities sorted per token), the mass on the top_k activated experts and on the\n"
+    "others, overall and per domain, and each expert's mean probability and share of the routed assignments.\n"
+    "  --data DIR       corpus (default: the data.dir the model was trained with)\n"
+    "  --windows N      validation sequences per domain (default: all)\n"
+    "  --json FILE      also write the numbers as JSON (overall and per domain)\n"
+    "  --plot FILE.svg  also write a figure: mean probability against rank per layer (log scale) and the\n"
+    "                   activated vs non-activated mass per layer\n";
 
 static const char *usage_generate =
     "usage: mome generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
@@ -525,6 +544,83 @@ static int cmd_eval(int argc, char **argv) {
     return code;
 }
 
+/* ---- mome analyze gates ---- */
+
+static int cmd_analyze(int argc, char **argv) {
+    if (argc < 2 || is_help(argv[1]) || (argc >= 3 && is_help(argv[2]))) {
+        const int help = argc >= 2;
+        fputs(usage_analyze, help ? stdout : stderr);
+        return help ? 0 : EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "gates") != 0) {
+        fprintf(stderr, "mome analyze: unknown analysis '%s' (there is: gates)\n%s", argv[1], usage_analyze);
+        return EXIT_USAGE;
+    }
+    if (argc < 3 || argv[2][0] == '-') {
+        fprintf(stderr, "mome analyze gates: expected a CHECKPOINT\n%s", usage_analyze);
+        return EXIT_USAGE;
+    }
+    const char *spec = argv[2], *data_dir = NULL, *json = NULL, *plot = NULL;
+    long windows = 0;
+    for (int i = 3; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (is_help(a)) {
+            fputs(usage_analyze, stdout);
+            return 0;
+        } else if (strcmp(a, "--data") == 0 && v) {
+            data_dir = v, i++;
+        } else if (strcmp(a, "--json") == 0 && v) {
+            json = v, i++;
+        } else if (strcmp(a, "--plot") == 0 && v) {
+            plot = v, i++;
+        } else if (strcmp(a, "--windows") == 0 && v) {
+            if (parse_long(v, &windows) || windows < 1) {
+                fprintf(stderr, "mome analyze gates: --windows %s: expected a positive integer\n", v);
+                return EXIT_USAGE;
+            }
+            i++;
+        } else {
+            fprintf(stderr, "mome analyze gates: unknown or incomplete option '%s'\n%s", a, usage_analyze);
+            return EXIT_USAGE;
+        }
+    }
+    MPI_Init(NULL, NULL);
+    int rank, world;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    mome_log_set_rank(rank, world);
+    mome_set_threads(0);
+    /* refuse a dense model, a single expert or a modular student before opening the corpus */
+    char path[1100];
+    loaded L;
+    memset(&L, 0, sizeof L);
+    int rc = mome_gate_checkpoint(spec, path, sizeof path);
+    if (rc == MOME_OK) rc = load_checkpoint_and_data(path, data_dir, NULL, &L);
+    int worst = rc;
+    MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    int code = 0;
+    if (worst == MOME_OK) {
+        /* the batches of `mome eval`: capacity (when the model has one) is per forward of B x T tokens */
+        const int B = L.cfg.train.batch_size / world > 0 ? L.cfg.train.batch_size / world : 1;
+        mome_gate_stats s;
+        rc = mome_gate_analyze(&L.model, &L.ds, B, windows, MPI_COMM_WORLD, &s);
+        if (rc == MOME_OK && rank == 0) {
+            mome_gate_stats_print(stdout, &s, path);
+            if (json) rc = mome_gate_stats_write_json(&s, path, json);
+            if (rc == MOME_OK && plot) rc = mome_gate_stats_write_svg(&s, path, plot);
+            if (rc == MOME_OK && (json || plot))
+                printf("\nwrote%s%s%s%s\n", json ? " " : "", json ? json : "", plot ? " " : "", plot ? plot : "");
+        }
+        mome_gate_stats_free(&s);
+        if (rc) code = fail("analyze gates");
+    } else {
+        code = rc != MOME_OK ? fail("analyze gates") : EXIT_ERROR;
+    }
+    unload(&L);
+    MPI_Finalize();
+    return code;
+}
+
 static int cmd_generate(int argc, char **argv) {
     if (argc < 2 || is_help(argv[1])) {
         fputs(usage_generate, argc < 2 ? stderr : stdout);
@@ -684,6 +780,7 @@ int main(int argc, char **argv) {
     if (strcmp(verb, "train") == 0) return cmd_train(argc - 1, argv + 1);
     if (strcmp(verb, "eval") == 0) return cmd_eval(argc - 1, argv + 1);
     if (strcmp(verb, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(verb, "analyze") == 0) return cmd_analyze(argc - 1, argv + 1);
     if (strcmp(verb, "teacher") == 0) return cmd_teacher(argc - 1, argv + 1);
     if (strcmp(verb, "bench") == 0) return cmd_bench(argc - 1, argv + 1);
     if (strcmp(verb, "monitor") == 0) return mome_monitor_main(argc - 1, argv + 1);
