@@ -34,7 +34,8 @@ methods = {
     "ka M=2 λ=0.2": "ek-ka2-l20",
     "ka M=4 λ=0.05": "ek-ka4-l05",
     "ka M=4 λ=0.2": "ek-ka4-l20",
-    "sar": "ek-sar",
+    "sar (router lr 1e-6)": "ek-sar",
+    "sar (router lr 1e-3)": "ek-sar-lr3",
     "dense teacher": "ek-dense",
     "no teacher (CE)": "ek-ce",
 }
