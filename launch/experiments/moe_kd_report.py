@@ -79,6 +79,13 @@ for label, prefix in methods.items():
     md.append(f"| {label} | " + " | ".join(fmt(pd[d]) for d in domains) +
               f" | {fmt(mean)} | {math.exp(mean[0]):.1f} | {delta[0]:+.4f} ± {delta[1]:.4f} | {speed:.0f} |")
 md.append("")
+md.append("Validation perplexity per domain (exp of each seed's loss; mean ± std over seeds).\n")
+md.append("| student | " + " | ".join(domains) + " |\n|" + "---|" * (len(domains) + 1))
+for label, prefix in methods.items():
+    ppl = {d: ms([math.exp(final_eval(f"{prefix}-s{s}")["val_loss"][d]) for s in seeds]) for d in domains}
+    results["students"][label]["ppl_per_domain"] = ppl
+    md.append(f"| {label} | " + " | ".join(f"{ppl[d][0]:.0f} ± {ppl[d][1]:.0f}" for d in domains) + " |")
+md.append("")
 
 # curves: the mean validation loss over domains at each evaluation, mean over seeds
 fig, ax = plt.subplots(1, 2, figsize=(14, 4.5))
