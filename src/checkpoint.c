@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "mome/common.h"
@@ -153,13 +154,97 @@ static int write_contents(hid_t f, const mome_ckpt_save_args *a) {
     return MOME_OK;
 }
 
-/* Writes the whole checkpoint to `tmp` and closes it; the caller removes `tmp` on failure. */
-static int write_file(const char *tmp, const mome_ckpt_save_args *a) {
-    hid_t f = mome_h5_create(tmp);
-    if (f < 0) return MOME_EIO; /* message recorded by h5io */
-    int rc = write_contents(f, a);
+/* An upper bound of the file's size: the data, 6 KiB of metadata per dataset (3.5 KiB measured), and a margin
+ * for the chunk indexes and checksums. */
+static unsigned long long estimate_bytes(const mome_ckpt_save_args *a) {
+    const int moments = a->adam_m ? 3 : 1;
+    unsigned long long raw = 4ull * a->table->total * (unsigned long long)moments;
+    raw += 40ull * (unsigned long long)a->n_streams + 16ull * a->kd_window + 12ull * a->router_n;
+    raw += strlen(a->config_text);
+    const unsigned long long datasets = (unsigned long long)a->table->n * (unsigned long long)moments + 16;
+    return raw + raw / 256 + datasets * 6144ull + (256ull << 10);
+}
+
+/* HDF5 only says that a write or a flush failed; a full file system is the usual cause, so it is named, with
+ * the space left. */
+static int explain_write_failure(int rc, const char *dir) {
+    struct statvfs sv;
+    if (statvfs(dir, &sv) != 0) return rc;
+    const unsigned long long avail = (unsigned long long)sv.f_bavail * (unsigned long long)sv.f_frsize;
+    if (avail >= (1ull << 20)) return rc;
+    return mome_error_wrap(rc, "no space left on device: the file system of %s has %llu bytes free", dir, avail);
+}
+
+static int file_fd(hid_t f) {
+    hid_t fapl = H5Fget_access_plist(f);
+    void *handle = NULL;
+    int fd = -1;
+    if (fapl >= 0 && H5Fget_vfd_handle(f, fapl, &handle) >= 0 && handle) fd = *(int *)handle;
+    if (fapl >= 0) H5Pclose(fapl);
+    return fd;
+}
+
+/* Reserves the file's blocks before HDF5 writes anything, so that a full disk fails here, cleanly: inside
+ * HDF5, a write that fails leaves dirty data that H5Fclose fails to write again, and a handle whose close
+ * failed crashes HDF5 1.10 when it closes it once more at exit (MPI_Finalize), turning a full disk into a
+ * segfault. File systems without fallocate are left to the write itself (EINVAL, EOPNOTSUPP). */
+static int reserve_blocks(hid_t f, const char *tmp, const char *dir, unsigned long long bytes) {
+    const int fd = file_fd(f);
+    if (fd < 0) return MOME_OK;
+    const int err = posix_fallocate(fd, 0, (off_t)bytes);
+    if (err == 0 || err == EINVAL || err == EOPNOTSUPP) return MOME_OK;
+    struct statvfs sv;
+    if (statvfs(dir, &sv) != 0) sv.f_bavail = 0, sv.f_frsize = 0;
+    return mome_error_set(MOME_EIO, "%s: %s: the checkpoint needs up to %llu bytes, the file system of %s has %llu "
+                          "free", tmp, strerror(err), bytes, dir,
+                          (unsigned long long)sv.f_bavail * (unsigned long long)sv.f_frsize);
+}
+
+/* Gives the blocks of a file whose write failed back to the file system (the file is deleted afterwards), so
+ * that H5Fclose finds room for the little it still writes. */
+static void release_blocks(hid_t f) {
+    const int fd = file_fd(f);
+    if (fd >= 0 && ftruncate(fd, 0) != 0)
+        mome_warn("checkpoint: cannot release the space of a failed write: %s", strerror(errno));
+}
+
+/* Checkpoints are written in the HDF5 1.10 file format (superblock v3, v2 object headers, v2 B-tree chunk
+ * indexes), whose metadata carries checksums: a flipped byte in an attribute (the step counters), a datatype, a
+ * dataspace or a chunk index is then caught on reading, as Fletcher32 catches one in the data. The library's
+ * default, the earliest format, has none: a flipped bit in the /optimizer step attribute resumed silently with
+ * the wrong bias correction (tests/faults/corrupt_ckpt.py). Reading needs HDF5 1.10 or later. */
+static hid_t create_checksummed(const char *path) {
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t f = -1;
+    if (fapl >= 0 && H5Pset_fapl_sec2(fapl) >= 0 &&
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST) >= 0)
+        f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    const int err = errno;
+    if (fapl >= 0) H5Pclose(fapl);
+    if (f < 0) mome_error_set(MOME_EIO, "%s: cannot create HDF5 file (%s)", path, strerror(err));
+    return f;
+}
+
+/* Writes the whole checkpoint to `tmp` (in `dir`) and closes it; the caller removes `tmp` on failure. */
+static int write_file(const char *dir, const char *tmp, const mome_ckpt_save_args *a) {
+    hid_t f = create_checksummed(tmp);
+    if (f < 0) return explain_write_failure(MOME_EIO, dir);
+    int rc = reserve_blocks(f, tmp, dir, estimate_bytes(a));
+    const int reserved = rc == MOME_OK; /* else the message already says what is free */
+    if (rc == MOME_OK) rc = write_contents(f, a);
     if (rc == MOME_OK && H5Fflush(f, H5F_SCOPE_LOCAL) < 0) rc = mome_error_set(MOME_EIO, "%s: H5Fflush failed", tmp);
-    if (H5Fclose(f) < 0 && rc == MOME_OK) rc = mome_error_set(MOME_EIO, "%s: H5Fclose failed", tmp);
+    hsize_t size = 0; /* HDF5's end of file: the reservation beyond it is given back after the close */
+    if (rc == MOME_OK && H5Fget_filesize(f, &size) < 0) size = 0;
+    if (rc != MOME_OK) {
+        if (reserved) rc = explain_write_failure(rc, dir); /* before release_blocks frees the space */
+        release_blocks(f);
+    }
+    if (H5Fclose(f) < 0 && rc == MOME_OK)
+        rc = explain_write_failure(mome_error_set(MOME_EIO, "%s: H5Fclose failed", tmp), dir);
+    struct stat st;
+    if (rc == MOME_OK && size > 0 && stat(tmp, &st) == 0 && (hsize_t)st.st_size > size && truncate(tmp, (off_t)size))
+        rc = mome_error_set(MOME_EIO, "%s: cannot trim the reserved space to %llu bytes: %s", tmp,
+                            (unsigned long long)size, strerror(errno));
     return rc;
 }
 
@@ -229,7 +314,7 @@ int mome_ckpt_save(const char *dir, const mome_ckpt_save_args *a, int keep, char
     if ((rc = mome_mkdirs(dir)) != MOME_OK) return mome_error_wrap(rc, "cannot save checkpoint %s", final_path);
 
     int existed = access(final_path, F_OK) == 0;
-    rc = write_file(tmp, a);
+    rc = write_file(dir, tmp, a);
     if (rc == MOME_OK) rc = fsync_path(tmp);
     if (rc == MOME_OK && rename(tmp, final_path) != 0)
         rc = mome_error_set(MOME_EIO, "rename %s -> %s failed: %s", tmp, final_path, strerror(errno));
@@ -255,6 +340,16 @@ int mome_ckpt_save(const char *dir, const mome_ckpt_save_args *a, int keep, char
 /* ---------------------------------------------------------------------------------------------------------
  * latest. */
 
+/* At most 80 bytes of a file's text, printable: a damaged `latest` must not put binary bytes in the log. */
+static void printable(char *out, size_t cap, const char *s) {
+    size_t i = 0;
+    for (; s[i] && i < 80 && i + 1 < cap; i++) {
+        const unsigned char c = (unsigned char)s[i];
+        out[i] = c < 0x20 || c >= 0x7f ? '?' : s[i];
+    }
+    out[i] = 0;
+}
+
 int mome_ckpt_latest(const char *dir, char *path, size_t cap) {
     char lp[PATH_CAP];
     int rc = join(lp, sizeof lp, dir, "latest");
@@ -267,15 +362,19 @@ int mome_ckpt_latest(const char *dir, char *path, size_t cap) {
     while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
     size_t n = strlen(s);
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n')) s[--n] = 0;
-    if (n == 0 || strchr(s, '/') || strchr(s, '\n')) {
-        rc = mome_error_set(MOME_ECORRUPT, "%s: expected one checkpoint file name, found '%.80s'", lp, s);
+    char shown[96];
+    printable(shown, sizeof shown, s);
+    int control = 0;
+    for (size_t i = 0; i < n; i++) control |= (unsigned char)s[i] < 0x20 || (unsigned char)s[i] == 0x7f;
+    if (n == 0 || strchr(s, '/') || control) {
+        rc = mome_error_set(MOME_ECORRUPT, "%s: expected one checkpoint file name, found '%s'", lp, shown);
         mome_free(text);
         return rc;
     }
     char full[PATH_CAP];
     rc = join(full, sizeof full, dir, s);
     if (rc == MOME_OK && access(full, F_OK) != 0)
-        rc = mome_error_set(MOME_ECORRUPT, "%s names %s, which does not exist (%s)", lp, s, strerror(errno));
+        rc = mome_error_set(MOME_ECORRUPT, "%s names %s, which does not exist (%s)", lp, shown, strerror(errno));
     if (rc == MOME_OK && (size_t)snprintf(path, cap, "%s", full) >= cap)
         rc = mome_error_set(MOME_EINVAL, "%s: path longer than the caller's buffer (%zu bytes)", full, cap);
     mome_free(text);

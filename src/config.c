@@ -91,6 +91,12 @@ static const field schema[] = {
      "validation sequences per domain = eval_batches * batch_size"},
     {"train", "threads", T_INT, F(train, threads), "0", 0, 4096,
      "threads per rank; 0: OMP_NUM_THREADS, or the node's cores divided among the ranks on it"},
+    {"train", "nonfinite", T_STR, F(train, nonfinite), "skip", 0, 0,
+     "a step whose loss or gradient norm is NaN or Inf: skip (no update, a warning, the run goes on) | stop (no "
+     "update, no checkpoint: the run ends with an error and the last checkpoint stays the newest)"},
+    {"train", "nonfinite_limit", T_INT, F(train, nonfinite_limit), "10", 0, 1000000000,
+     "with nonfinite = skip, this many non-finite steps in a row stop the run as nonfinite = stop would; 0: no "
+     "limit"},
 
     {"data", "dir", T_STR, F(data, dir), "data/default", 0, 0, "corpus directory written by `mome data build`"},
     {"data", "domains", T_STR, F(data, domains), "", 0, 0,
@@ -709,6 +715,7 @@ int mome_config_validate(const mome_config *cfg) {
             {"kd", "direction", cfg->kd.direction, "forward|reverse"},
             {"kd", "method", cfg->kd.method, "topk|all|ka|sar"},
             {"data", "order", cfg->data.order, "balanced|sequential"},
+            {"train", "nonfinite", cfg->train.nonfinite, "skip|stop"},
             {"modular", "routing", cfg->modular.routing, "router|gold|average"},
         };
         for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++) {

@@ -8,12 +8,16 @@
 #include "mome/train.h"
 
 #include <cblas.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "mome/checkpoint.h"
@@ -393,6 +397,73 @@ typedef struct {
     double sgemm_gflops;   /* measured by rank 0 at start, times the ranks; 0: not measured */
 } trainer;
 
+/* Fault injection for tests/faults (docs/reliability.md), off unless the environment asks:
+ * MOME_FAULT_NONFINITE = WHERE:VALUE:FIRST[-LAST][@RANK] puts VALUE (nan or inf) into WHERE at the steps
+ * FIRST..LAST (1-based: the step being computed) on rank RANK (default 0; "all": every rank). WHERE is loss
+ * (the rank's loss sum, before the all-reduce), grad (its first gradient, before the all-reduce) or param (its
+ * first weight, after the step's update: the weights themselves go bad, on every replica with @all). */
+typedef enum { FAULT_NONE, FAULT_LOSS, FAULT_GRAD, FAULT_PARAM } fault_where;
+typedef struct {
+    fault_where where;
+    double value;
+    long first, last;
+} fault_injection;
+
+static fault_injection fault_injection_get(int rank) {
+    fault_injection f = {FAULT_NONE, 0.0, 0, -1};
+    const char *env = getenv("MOME_FAULT_NONFINITE");
+    if (!env || !*env) return f;
+    char where[16] = "", value[16] = "";
+    long first = 0, last = 0;
+    int at = 0, n = 0;
+    int ok = sscanf(env, "%15[a-z]:%15[a-z]:%ld%n", where, value, &first, &n) == 3 && first >= 1;
+    const char *p = env + (ok ? n : 0);
+    last = first;
+    if (ok && *p == '-') {
+        ok = sscanf(p, "-%ld%n", &last, &n) == 1 && last >= first;
+        p += ok ? n : 0;
+    }
+    if (ok && strcmp(p, "@all") == 0) {
+        at = -1;
+        p += 4;
+    } else if (ok && *p == '@') {
+        ok = sscanf(p, "@%d%n", &at, &n) == 1 && at >= 0;
+        p += ok ? n : 0;
+    }
+    ok = ok && *p == 0 && (strcmp(value, "nan") == 0 || strcmp(value, "inf") == 0);
+    f.where = strcmp(where, "loss") == 0 ? FAULT_LOSS : strcmp(where, "grad") == 0 ? FAULT_GRAD
+              : strcmp(where, "param") == 0 ? FAULT_PARAM : FAULT_NONE;
+    if (!ok || f.where == FAULT_NONE)
+        MOME_FATAL("MOME_FAULT_NONFINITE = '%s': expected loss|grad|param:nan|inf:STEP[-STEP][@RANK|@all]", env);
+    char who[32] = "every rank";
+    if (at >= 0) snprintf(who, sizeof who, "rank %d", at);
+    if (rank == 0) mome_warn("fault injection: %s into the %s at steps %ld-%ld on %s", value, where, first, last, who);
+    f.value = strcmp(value, "nan") == 0 ? NAN : INFINITY;
+    f.first = first;
+    f.last = last;
+    if (at >= 0 && rank != at) f.where = FAULT_NONE;
+    return f;
+}
+
+static int fault_now(const fault_injection *f, long step, fault_where where) {
+    return f->where == where && step >= f->first && step <= f->last;
+}
+
+/* A checkpoint never holds a non-finite weight or moment: it would become `latest` and push good ones out. */
+static int check_finite(const mome_tensor_table *t, float *const bufs[3], long step) {
+    static const char *const part[3] = {"model", "optimizer/m", "optimizer/v"};
+    for (int b = 0; b < 3; b++)
+        for (int i = 0; i < t->n; i++) {
+            const float *x = bufs[b] + t->t[i].offset;
+            for (size_t j = 0; j < t->t[i].numel; j++)
+                if (!isfinite(x[j]))
+                    return mome_error_set(MOME_ENONFINITE, "step %ld: /%s/%s[%zu] is %g: no checkpoint of non-finite "
+                                          "weights (the previous checkpoints are kept)", step, part[b],
+                                          t->t[i].name, j, (double)x[j]);
+        }
+    return MOME_OK;
+}
+
 static int save_checkpoint(trainer *tr) {
     /* Every expert, by global id, onto rank 0 (a checkpoint never depends on the number of ranks). */
     const mome_tensor_table *full = &tr->full_table;
@@ -456,6 +527,7 @@ static int save_checkpoint(trainer *tr) {
         }
         char path[1024];
         double t0 = mome_now();
+        if (rc == MOME_OK) rc = check_finite(full, bufs, tr->step);
         if (rc == MOME_OK) rc = mome_ckpt_save(tr->ckpt_dir, &a, tr->cfg->checkpoint.keep, path, sizeof path);
         if (rc == MOME_OK && router) { /* and as a teacher checkpoint of its own, loadable as teacher.checkpoint */
             char dir[1100];
@@ -483,67 +555,116 @@ static int save_checkpoint(trainer *tr) {
     return rc;
 }
 
-/* Restores model, optimizer, step and per-rank state from a checkpoint; every rank reads the file. */
-static int resume_from(trainer *tr, const char *path) {
+/* "dir/step_00001000.h5" -> 1000; -1 for any other name (a .tmp, a file named by the user). */
+static long step_of_name(const char *path) {
+    const char *name = strrchr(path, '/');
+    name = name ? name + 1 : path;
+    if (strncmp(name, "step_", 5) != 0 || !isdigit((unsigned char)name[5])) return -1;
+    long v = 0;
+    const char *p = name + 5;
+    for (; isdigit((unsigned char)*p); p++) {
+        if (v > (LONG_MAX - 9) / 10) return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return strcmp(p, ".h5") == 0 ? v : -1;
+}
+
+/* A checkpoint read into memory, not yet installed: every rank reads it, and it is installed only once every
+ * rank has, so that a file one rank cannot read leaves all of them as they were (and free to try another). */
+typedef struct {
     mome_ckpt_info info;
-    int rc = mome_ckpt_read_info(path, &info);
+    float *params, *m, *v; /* the full table: every expert */
+} loaded_ckpt;
+
+static void loaded_free(loaded_ckpt *L) {
+    mome_ckpt_info_free(&L->info);
+    mome_free(L->params);
+    mome_free(L->m);
+    mome_free(L->v);
+    memset(L, 0, sizeof *L);
+}
+
+/* Reads and checks a checkpoint; no collective, nothing of the trainer changes. Besides the loader's checks
+ * (checksums, truncation, shapes), the attributes no checksum covers are checked against each other and
+ * against the file's name, so that a flipped byte in the step counters is caught too. */
+static int resume_read(const trainer *tr, const char *path, loaded_ckpt *L) {
+    memset(L, 0, sizeof *L);
+    int rc = mome_ckpt_read_info(path, &L->info);
     if (rc) return rc;
-    if (strcmp(info.tokenizer_hash, tr->ds.tokenizer_hash) != 0) {
+    const mome_ckpt_info *info = &L->info;
+    const long named = step_of_name(path);
+    if (named >= 0 && info->step != named) {
+        rc = mome_error_set(MOME_ECORRUPT, "%s: damaged checkpoint: attribute step = %lld, but the file is named for "
+                            "step %ld", path, (long long)info->step, named);
+    } else if (info->step < 0 || info->adam_step < 0 || info->adam_step > info->step || info->tokens_seen < 0) {
+        rc = mome_error_set(MOME_ECORRUPT, "%s: damaged checkpoint: step %lld, optimizer step %lld and tokens_seen "
+                            "%lld do not fit together", path, (long long)info->step, (long long)info->adam_step,
+                            (long long)info->tokens_seen);
+    } else if (info->n_streams != info->world_size) {
+        rc = mome_error_set(MOME_ECORRUPT, "%s: damaged checkpoint: /rng/state has %d rows, attribute world_size is %d",
+                            path, info->n_streams, info->world_size);
+    } else if (strcmp(info->tokenizer_hash, tr->ds.tokenizer_hash) != 0) {
         rc = mome_error_set(MOME_EMISMATCH, "%s: trained with tokenizer %s, but corpus %s has tokenizer %s", path,
-                            info.tokenizer_hash, tr->ds.dir, tr->ds.tokenizer_hash);
-    } else if (strcmp(info.model_kind, tr->modular ? "modular" : "gpt") != 0) {
-        rc = mome_error_set(MOME_EMISMATCH, "%s: holds a '%s' model, this run trains '%s'", path, info.model_kind,
+                            info->tokenizer_hash, tr->ds.dir, tr->ds.tokenizer_hash);
+    } else if (strcmp(info->model_kind, tr->modular ? "modular" : "gpt") != 0) {
+        rc = mome_error_set(MOME_EMISMATCH, "%s: holds a '%s' model, this run trains '%s'", path, info->model_kind,
                             tr->modular ? "modular" : "gpt");
+    } else if (tr->kd.on && info->kd_window > 0 && info->kd_window != tr->alpha.window) {
+        rc = mome_error_set(MOME_EMISMATCH, "%s: distillation state: saved alpha window %zu, configured window %zu",
+                            path, info->kd_window, tr->alpha.window);
+    } else if (tr->kd.on && tr->kd.method == MOME_KD_METHOD_SAR && info->router_n != 0 &&
+               info->router_n != tr->kd.gate_n) {
+        rc = mome_error_set(MOME_EMISMATCH, "%s:/kd/router holds %zu floats, the teacher's gate has %zu", path,
+                            info->router_n, tr->kd.gate_n);
     }
     if (rc == MOME_OK) {
-        /* Read every expert, keep this rank's: resuming works on any number of ranks. */
-        const mome_tensor_table *full = &tr->full_table;
-        float *fp = mome_malloc(full->total * sizeof(float)), *fm = mome_malloc(full->total * sizeof(float));
-        float *fv = mome_malloc(full->total * sizeof(float));
-        rc = mome_ckpt_read_tensors(path, full, fp, fm, fv);
-        if (rc == MOME_OK) {
-            mome_table_copy_experts(tr->table, tr->params, tr->par.expert_first, full, fp, 0);
-            mome_table_copy_experts(tr->table, tr->opt.m, tr->par.expert_first, full, fm, 0);
-            mome_table_copy_experts(tr->table, tr->opt.v, tr->par.expert_first, full, fv, 0);
-        }
-        mome_free(fp);
-        mome_free(fm);
-        mome_free(fv);
+        /* Every expert is read, and this rank's kept: resuming works on any number of ranks. */
+        const size_t total = tr->full_table.total;
+        L->params = mome_malloc(total * sizeof(float));
+        L->m = mome_malloc(total * sizeof(float));
+        L->v = mome_malloc(total * sizeof(float));
+        rc = mome_ckpt_read_tensors(path, &tr->full_table, L->params, L->m, L->v);
     }
-    if (rc == MOME_OK) {
-        tr->step = (long)info.step;
-        tr->tokens_seen = info.tokens_seen;
-        tr->opt.step = (long)info.adam_step;
-        if (info.n_streams == tr->world) {
-            memcpy(tr->rng.s, info.rng_states + 4 * tr->rank, sizeof tr->rng.s);
-            tr->data_cursor = info.data_cursors[tr->rank];
-        } else {
-            /* Another world size wrote it: the samples are global, so only the per-rank streams are re-derived. */
-            mome_rng_stream(&tr->rng, tr->cfg->train.seed, 0x7a11, (uint64_t)tr->rank + 1000003u * (uint64_t)info.step);
-            tr->data_cursor = (uint64_t)info.step * (uint64_t)tr->accum * (uint64_t)tr->B_local;
-            mome_info("resume: checkpoint written by %d ranks, continuing on %d", info.n_streams, tr->world);
-        }
-        if (tr->kd.on && info.kd_window > 0) {
-            rc = mome_kd_alpha_import(&tr->alpha, info.kd_ce, info.kd_kd, info.kd_window, info.kd_count);
-            if (rc) rc = mome_error_wrap(rc, "%s: distillation state", path);
-        }
-        if (rc == MOME_OK && tr->kd.on && tr->kd.method == MOME_KD_METHOD_SAR) {
-            /* every rank read the same file; the set call installs rank 0's copy wherever the teacher runs */
-            if (info.router_n == tr->kd.gate_n)
-                rc = mome_distill_router_state_set(&tr->kd, info.router_gate, info.router_m, info.router_v,
-                                                   info.router_step);
-            else if (info.router_n != 0)
-                rc = mome_error_set(MOME_EMISMATCH, "%s:/kd/router holds %zu floats, the teacher's gate has %zu", path,
-                                    info.router_n, tr->kd.gate_n);
-            else
-                mome_warn("resume: %s holds no trained teacher router; kd.method = sar starts from the teacher's own",
-                          path);
-        }
-        if (strcmp(info.config_text, tr->config_text) != 0)
-            mome_warn("resume: the configuration differs from the one stored in %s; the run continues with the new "
-                      "one (losses may not match an uninterrupted run)", path);
+    if (rc) loaded_free(L);
+    return rc;
+}
+
+/* Installs a checkpoint every rank has read: model, optimizer, step and per-rank state (collective for a
+ * kd.method = sar teacher router). */
+static int resume_apply(trainer *tr, const char *path, const loaded_ckpt *L) {
+    const mome_ckpt_info *info = &L->info;
+    mome_table_copy_experts(tr->table, tr->params, tr->par.expert_first, &tr->full_table, L->params, 0);
+    mome_table_copy_experts(tr->table, tr->opt.m, tr->par.expert_first, &tr->full_table, L->m, 0);
+    mome_table_copy_experts(tr->table, tr->opt.v, tr->par.expert_first, &tr->full_table, L->v, 0);
+    tr->step = (long)info->step;
+    tr->tokens_seen = info->tokens_seen;
+    tr->opt.step = (long)info->adam_step;
+    if (info->n_streams == tr->world) {
+        memcpy(tr->rng.s, info->rng_states + 4 * tr->rank, sizeof tr->rng.s);
+        tr->data_cursor = info->data_cursors[tr->rank];
+    } else {
+        /* Another world size wrote it: the samples are global, so only the per-rank streams are re-derived. */
+        mome_rng_stream(&tr->rng, tr->cfg->train.seed, 0x7a11, (uint64_t)tr->rank + 1000003u * (uint64_t)info->step);
+        tr->data_cursor = (uint64_t)info->step * (uint64_t)tr->accum * (uint64_t)tr->B_local;
+        mome_info("resume: checkpoint written by %d ranks, continuing on %d", info->n_streams, tr->world);
     }
-    mome_ckpt_info_free(&info);
+    int rc = MOME_OK;
+    if (tr->kd.on && info->kd_window > 0) {
+        rc = mome_kd_alpha_import(&tr->alpha, info->kd_ce, info->kd_kd, info->kd_window, info->kd_count);
+        if (rc) rc = mome_error_wrap(rc, "%s: distillation state", path);
+    }
+    if (rc == MOME_OK && tr->kd.on && tr->kd.method == MOME_KD_METHOD_SAR) {
+        /* every rank read the same file; the set call installs rank 0's copy wherever the teacher runs */
+        if (info->router_n == tr->kd.gate_n)
+            rc = mome_distill_router_state_set(&tr->kd, info->router_gate, info->router_m, info->router_v,
+                                               info->router_step);
+        else
+            mome_warn("resume: %s holds no trained teacher router; kd.method = sar starts from the teacher's own",
+                      path);
+    }
+    if (strcmp(info->config_text, tr->config_text) != 0)
+        mome_warn("resume: the configuration differs from the one stored in %s; the run continues with the new "
+                  "one (losses may not match an uninterrupted run)", path);
     return rc;
 }
 
@@ -563,7 +684,7 @@ typedef struct {
 } kd_step_stats;
 
 static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *ms, const kd_step_stats *ks,
-                     float lr, double gnorm, double step_s, double tok_s) {
+                     float lr, double gnorm, double step_s, double tok_s, int skipped) {
     const mome_config *cfg = tr->cfg;
     if (tr->rank != 0) return;
     if (cfg->train.log_every > 0 && (tr->step % cfg->train.log_every == 0 || tr->step == cfg->train.steps ||
@@ -602,6 +723,7 @@ static void log_step(trainer *tr, double loss, double ce, const moe_step_stats *
     json_object_set_new(o, "teacher_bytes", ks ? json_num(ks->bytes) : json_null());
     json_object_set_new(o, "teacher_router_loss", ks ? json_num(ks->router) : json_null());
     json_object_set_new(o, "on_policy", ks ? json_num(ks->on_policy) : json_null());
+    json_object_set_new(o, "skipped", json_boolean(skipped)); /* non-finite loss or gradients: no update */
     json_t *load = json_null();
     if (tr->modular) { /* one row: the share of the step's sequences each expert trunk received */
         double total = 0.0;
@@ -879,28 +1001,189 @@ static int open_monitor(trainer *tr) {
     return MOME_OK;
 }
 
+static int cmp_long_desc(const void *a, const void *b) {
+    const long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+/* The step_XXXXXXXX.h5 files of dir, newest first (*n of them; NULL when none or no directory). */
+static long *step_files(const char *dir, int *n) {
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    int cap = 16;
+    long *steps = mome_malloc((size_t)cap * sizeof *steps);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const long s = step_of_name(e->d_name);
+        if (s < 0) continue;
+        if (*n == cap) {
+            long *bigger = mome_malloc(2 * (size_t)cap * sizeof *bigger);
+            memcpy(bigger, steps, (size_t)cap * sizeof *steps);
+            mome_free(steps);
+            steps = bigger;
+            cap *= 2;
+        }
+        steps[(*n)++] = s;
+    }
+    closedir(d);
+    qsort(steps, (size_t)*n, sizeof *steps, cmp_long_desc);
+    return steps;
+}
+
+static void append_line(char **text, size_t *len, const char *line) {
+    const size_t add = strlen(line) + 1;
+    char *bigger = mome_malloc(*len + add + 1);
+    if (*len) memcpy(bigger, *text, *len);
+    memcpy(bigger + *len, line, add - 1);
+    bigger[*len + add - 1] = '\n';
+    bigger[*len + add] = 0;
+    mome_free(*text);
+    *text = bigger;
+    *len += add;
+}
+
+/* Rank 0, resume=auto: the checkpoints to try, newest first, one path a line ("" when there is none). First
+ * the one `latest` names, then the older step files of the directory, so that a damaged newest checkpoint
+ * falls back to the previous one (never to a newer one: `latest` may have been pointed back on purpose).
+ * Without a `latest`, or with one that names nothing usable, every step file, newest first: a job killed
+ * between renaming a checkpoint into place and updating `latest` left a complete file that nothing names. */
+static int auto_candidates(const char *dir, char **text) {
+    size_t len = 0;
+    *text = NULL;
+    char path[1024];
+    int n = 0;
+    long *steps = step_files(dir, &n);
+    long below = LONG_MAX; /* step files below this step are candidates */
+    int rc = mome_ckpt_latest(dir, path, sizeof path);
+    if (rc == MOME_OK) {
+        append_line(text, &len, path);
+        const long s = step_of_name(path);
+        if (s >= 0) below = s;
+    } else if (rc == MOME_ENOENT) {
+        if (n > 0)
+            mome_warn("resume: %s has no 'latest' but holds %d checkpoint file(s) (a job stopped between writing "
+                      "one and updating 'latest'?); trying them newest first", dir, n);
+    } else {
+        if (n == 0) {
+            mome_free(steps);
+            return rc;
+        }
+        mome_warn("resume: %s; trying the checkpoint files of %s instead, newest first", mome_error_message(), dir);
+    }
+    for (int i = 0; i < n; i++) {
+        if (steps[i] >= below) continue;
+        snprintf(path, sizeof path, "%s/step_%08ld.h5", dir, steps[i]);
+        append_line(text, &len, path);
+    }
+    mome_free(steps);
+    if (!*text) append_line(text, &len, "");
+    return MOME_OK;
+}
+
+/* Errors after which resume=auto tries the previous checkpoint: the file is damaged, truncated, not a
+ * checkpoint, or gone. A checkpoint of another model or corpus (MOME_EMISMATCH) stops the run instead: the
+ * older ones would be refused as well, and the message would be lost. */
+static int damaged_error(int rc) {
+    return rc == MOME_ECORRUPT || rc == MOME_EFORMAT || rc == MOME_ENOENT || rc == MOME_EIO;
+}
+
 static int trainer_resume(trainer *tr) {
     const char *resume = tr->cfg->train.resume;
-    char path[1024];
     if (strcmp(resume, "none") == 0) return MOME_OK;
-    if (strcmp(resume, "auto") == 0) {
-        int rc = mome_ckpt_latest(tr->ckpt_dir, path, sizeof path);
-        if (rc == MOME_ENOENT) {
-            mome_info("resume=auto: no checkpoint in %s yet, starting from scratch", tr->ckpt_dir);
-            return MOME_OK;
-        }
-        if (rc) return rc;
-    } else {
-        snprintf(path, sizeof path, "%s", resume);
+    const int is_auto = strcmp(resume, "auto") == 0;
+    /* The candidates, decided by rank 0 alone and broadcast: every rank tries the same files in the same order. */
+    char *list = NULL;
+    long len = 0;
+    int rc = MOME_OK;
+    if (tr->rank == 0) {
+        if (is_auto)
+            rc = auto_candidates(tr->ckpt_dir, &list);
+        else
+            list = mome_strdup(resume);
+        len = list ? (long)strlen(list) + 1 : 0;
     }
-    int rc = resume_from(tr, path);
-    if (rc == MOME_OK) mome_info("resumed from %s at step %ld", path, tr->step);
+    rc = agree(rc, tr->comm);
+    if (rc) return rc;
+    MPI_Bcast(&len, 1, MPI_LONG, 0, tr->comm);
+    if (tr->rank != 0) list = mome_malloc((size_t)len);
+    MPI_Bcast(list, (int)len, MPI_CHAR, 0, tr->comm);
+    if (is_auto && list[0] == '\n') {
+        mome_info("resume=auto: no checkpoint in %s yet, starting from scratch", tr->ckpt_dir);
+        mome_free(list);
+        return MOME_OK;
+    }
+    int tried = 0;
+    char first_error[1024] = "";
+    rc = MOME_ENOENT;
+    for (char *path = list, *next; *path; path = next) {
+        next = path + strcspn(path, "\n");
+        if (*next) *next++ = 0;
+        if (!*path) continue;
+        loaded_ckpt L;
+        int mine = resume_read(tr, path, &L);
+        tried++;
+        /* [any rank failed, any rank failed for a reason other than damage] */
+        int verdict[2] = {mine != MOME_OK, mine != MOME_OK && (!damaged_error(mine) || !is_auto)};
+        MPI_Allreduce(MPI_IN_PLACE, verdict, 2, MPI_INT, MPI_MAX, tr->comm);
+        if (!verdict[0]) {
+            rc = resume_apply(tr, path, &L);
+            loaded_free(&L);
+            if (rc == MOME_OK)
+                mome_info("resumed from %s at step %ld%s", path, tr->step,
+                          tried > 1 ? " (the newer checkpoint(s) above could not be read)" : "");
+            break;
+        }
+        if (mine == MOME_OK) loaded_free(&L);
+        /* Rank 0 speaks for all when it failed too (usually the same message on every rank). */
+        int rank0 = mine;
+        MPI_Bcast(&rank0, 1, MPI_INT, 0, tr->comm);
+        if (verdict[1]) {
+            rc = mine != MOME_OK ? mine : mome_error_set(MOME_EIO, "stopping because another rank could not read %s "
+                                                         "(its message is above)", path);
+            break;
+        }
+        if (mine != MOME_OK && (tr->rank == 0 || rank0 == MOME_OK))
+            mome_warn("resume: %s; trying the previous checkpoint", mome_error_message());
+        if (!first_error[0] && mine != MOME_OK) snprintf(first_error, sizeof first_error, "%s", mome_error_message());
+        rc = mome_error_set(MOME_ECORRUPT, "resume=auto: none of the %d checkpoint(s) of %s reads back intact (the "
+                            "newest: %s); train.resume=none starts from scratch", tried, tr->ckpt_dir,
+                            first_error[0] ? first_error : "unreadable on another rank");
+    }
+    mome_free(list);
     return rc;
+}
+
+/* Rank 0, before training: an interrupted checkpoint (a killed job, a full disk) can leave a
+ * step_XXXXXXXX.h5.tmp or a latest.tmp.<pid> in the run's checkpoint directories; nothing reads them, and on
+ * a full disk their space is what the next checkpoint needs. */
+static void remove_stale_temporaries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        const size_t len = strlen(n);
+        const int ckpt_tmp = strncmp(n, "step_", 5) == 0 && len > 7 && strcmp(n + len - 7, ".h5.tmp") == 0;
+        if (!ckpt_tmp && strncmp(n, "latest.tmp.", 11) != 0) continue;
+        char path[1400];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, n);
+        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && unlink(path) == 0)
+            mome_info("removed %s, left by an interrupted checkpoint", path);
+    }
+    closedir(d);
 }
 
 int mome_train(const mome_config *cfg, MPI_Comm comm) {
     trainer tr;
     int rc = agree(trainer_setup(&tr, cfg, comm), comm);
+    if (rc == MOME_OK && tr.rank == 0) {
+        char sub[700];
+        snprintf(sub, sizeof sub, "%s/teacher_router", tr.ckpt_dir);
+        remove_stale_temporaries(tr.ckpt_dir);
+        remove_stale_temporaries(sub);
+    }
     if (rc == MOME_OK) rc = agree(trainer_resume(&tr), comm);
     if (rc == MOME_OK && tr.rank == 0) rc = open_monitor(&tr);
     rc = agree(rc, comm);
@@ -955,7 +1238,9 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     const int eval_every = cfg->train.eval_every;
     const long steps = cfg->train.steps;
     const int sequential = strcmp(cfg->data.order, "sequential") == 0;
-    int stopped = 0;
+    const int nonfinite_stop = strcmp(cfg->train.nonfinite, "stop") == 0;
+    const fault_injection inject = fault_injection_get(tr.rank);
+    int stopped = 0, failed = 0, nonfinite_run = 0;
 
     while (tr.step < steps) {
         double t0 = mome_now();
@@ -1052,6 +1337,8 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         }
         if (tr.modular && tr.world > 1)
             MPI_Allreduce(MPI_IN_PLACE, tr.trunk_seqs, tr.mod.cfg.n_experts, MPI_DOUBLE, MPI_SUM, comm);
+        if (fault_now(&inject, tr.step + 1, FAULT_LOSS)) loss_sum = inject.value;
+        if (fault_now(&inject, tr.step + 1, FAULT_GRAD)) tr.grads[0] = (float)inject.value;
         rc = mome_parallel_allreduce_grads(&tr.par, tr.grads, tr.n_dense, tr.table->total);
         if (rc) MOME_FATAL("%s", mome_error_message());
         if (tr.world > 1) MPI_Allreduce(MPI_IN_PLACE, &loss_sum, 1, MPI_DOUBLE, MPI_SUM, comm);
@@ -1072,17 +1359,43 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         float clip = 1.0f;
         if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip) clip = (float)(cfg->train.grad_clip / (gnorm + 1e-6));
         float lr = mome_lr_at(&tr.opt.cfg, tr.step);
-        if (isfinite(gnorm))
+        /* A NaN or Inf in the loss or the gradients: no update on any rank (one verdict for all, so that the
+         * replicated weights stay identical), then skip the step or stop, as train.nonfinite says. */
+        int nonfinite = !isfinite(loss) || !isfinite(gnorm);
+        if (tr.world > 1) MPI_Allreduce(MPI_IN_PLACE, &nonfinite, 1, MPI_INT, MPI_MAX, comm);
+        if (!nonfinite) {
             mome_adamw_update(&tr.opt, tr.table, tr.params, tr.grads, lr, clip);
-        else
-            mome_warn("step %ld: non-finite gradient norm, update skipped", tr.step + 1);
+            nonfinite_run = 0;
+        } else {
+            nonfinite_run++;
+            failed = nonfinite_stop || (cfg->train.nonfinite_limit > 0 && nonfinite_run >= cfg->train.nonfinite_limit);
+            if (tr.rank == 0)
+                mome_warn("step %ld: non-finite %s (loss %g, gradient norm %g): update skipped%s", tr.step + 1,
+                          !isfinite(loss) && !isfinite(gnorm) ? "loss and gradients"
+                          : !isfinite(loss)                   ? "loss"
+                                                              : "gradients",
+                          loss, gnorm, failed ? "" : nonfinite_run > 1 ? ", again" : "");
+        }
+        if (fault_now(&inject, tr.step + 1, FAULT_PARAM)) tr.params[0] = (float)inject.value;
         tr.step++;
         tr.tokens_seen += (int64_t)tr.B * T * tr.accum;
         double dt = mome_now() - t0;
         moe_step_stats ms = {aux, zl, drop_sum / tr.accum};
         log_step(&tr, loss, ce, cfg->moe.n_experts > 0 ? &ms : NULL, tr.kd.on ? &ks : NULL, lr, gnorm, dt,
-                 (double)tr.B * T * tr.accum / dt);
+                 (double)tr.B * T * tr.accum / dt, nonfinite);
         mome_monitor_poll(tr.mon, tr.step);
+        if (failed) {
+            char latest[1024] = "";
+            const int have = mome_ckpt_latest(tr.ckpt_dir, latest, sizeof latest) == MOME_OK;
+            rc = mome_error_set(MOME_ENONFINITE, "step %ld: non-finite loss or gradients%s: stopping without a "
+                                "checkpoint (%s%s)", tr.step, nonfinite_stop ? " and train.nonfinite = stop" : "",
+                                have ? "the newest checkpoint stays " : "there is no checkpoint yet", latest);
+            if (!nonfinite_stop)
+                rc = mome_error_wrap(rc, "%d non-finite steps in a row (train.nonfinite_limit = %d)", nonfinite_run,
+                                     cfg->train.nonfinite_limit);
+            if (tr.rank == 0) mome_log(MOME_LOG_ERROR, "%s", mome_error_message());
+            break;
+        }
 
         if (eval_every > 0 && tr.step % eval_every == 0 && tr.step < steps) {
             mome_eval_result r;
@@ -1105,7 +1418,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         }
         if (every > 0 && tr.step % every == 0 && tr.step < steps) save_checkpoint(&tr);
     }
-    if (!stopped) {
+    if (!stopped && !failed) {
         if (tr.rank == 0) mome_info("validation after %ld steps:", tr.step);
         run_eval(&tr, &after, 1);
         if (tr.rank == 0) mome_eval_print(stdout, have_before ? &before : NULL, &after);

@@ -40,6 +40,8 @@ typedef struct {
     int eval_every;              /* 0: only before and after training */
     int eval_batches;            /* validation sequences per domain = eval_batches * batch_size */
     int threads;                 /* threads per rank; 0: OMP_NUM_THREADS, or the node's cores / ranks on the node */
+    char nonfinite[MOME_CFG_STR]; /* a non-finite loss or gradient norm: "skip" the update | "stop" the run */
+    int nonfinite_limit;         /* skip: non-finite steps in a row that stop the run anyway; 0: no limit */
 } mome_train_section;
 
 typedef struct {
