@@ -335,6 +335,12 @@ static int string_ok(const char *s, char *why, size_t cap) {
             snprintf(why, cap, "expected a string without control characters (byte %zu)", i);
             return -1;
         }
+        /* The resolved config (a checkpoint's /config) is INI text read back by inih, for which ';' at the
+         * start of a value or after a blank opens a comment: such a value would come back cut short. */
+        if (s[i] == ';' && (i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t')) {
+            snprintf(why, cap, "a ';' at byte %zu would start a comment when the configuration is read back", i);
+            return -1;
+        }
     }
     return 0;
 }

@@ -12,6 +12,9 @@
  *  - otherwise chunks of about 1 MiB along dim 0.
  *  A chunk never exceeds 256 MiB (dims after the first are split if a single slice is larger).
  *
+ * mome_h5_shape, which readers size their buffers by, also refuses a dataset whose file holds fewer bytes than its
+ * declared shape needs (check_stored below): a small forged file must not make a reader allocate gigabytes.
+ *
  * Strings are stored as fixed-length UTF-8 (NULL-padded) in a 1-element 1-D dataset, so that the checksum
  * covers the text itself (a variable-length string lives in the global heap, outside the filter); h5py reads
  * it with f[name].asstr()[0]. String attributes are variable-length UTF-8 (h5py reads them as str).
@@ -339,11 +342,46 @@ int mome_h5_read_u64(hid_t loc, const char *name, uint64_t *data, int ndim, cons
     return read_dataset(loc, name, H5T_NATIVE_UINT64, data, ndim, dims);
 }
 
+/* 1 when the dataset's only filter, if any, is Fletcher32 (its stored size can then be measured). */
+static int unfiltered(hid_t d) {
+    hid_t dcpl = H5Dget_create_plist(d);
+    if (dcpl < 0) return 0;
+    int n = H5Pget_nfilters(dcpl), ok = n >= 0;
+    for (int i = 0; ok && i < n; i++) {
+        unsigned flags = 0, config = 0;
+        size_t nelmts = 0;
+        ok = H5Pget_filter2(dcpl, (unsigned)i, &flags, &nelmts, NULL, 0, NULL, &config) == H5Z_FILTER_FLETCHER32;
+    }
+    H5Pclose(dcpl);
+    return ok;
+}
+
+/* A dataset that declares more elements than the file stores (chunks never written, which read as the fill
+ * value, or a forged shape) is refused here, where callers learn the size of the buffers they allocate: a file
+ * of a few kilobytes could otherwise make a reader allocate and fill gigabytes. mome writes every element of every
+ * dataset, uncompressed; a dataset with another filter than Fletcher32 (h5repack -f GZIP) cannot be measured
+ * this way and passes. */
+static int check_stored(hid_t loc, const char *name, hid_t d) {
+    hid_t sp = H5Dget_space(d), ft = H5Dget_type(d);
+    const hssize_t npts = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+    const size_t size = ft >= 0 ? H5Tget_size(ft) : 0;
+    if (sp >= 0) H5Sclose(sp);
+    if (ft >= 0) H5Tclose(ft);
+    if (npts <= 0 || size == 0 || !unfiltered(d)) return MOME_OK;
+    const hsize_t stored = H5Dget_storage_size(d);
+    if (stored / size >= (hsize_t)npts) return MOME_OK;
+    return mome_error_set(MOME_ECORRUPT,
+                          "%s: declares %lld elements of %zu bytes but stores %llu bytes (chunks never written, or a "
+                          "forged shape)",
+                          describe(loc, name).s, (long long)npts, size, (unsigned long long)stored);
+}
+
 int mome_h5_shape(hid_t loc, const char *name, int *ndim, hsize_t *dims) {
     int rc;
     hid_t d = open_dataset(loc, name, &rc);
     if (d < 0) return rc;
     rc = dataset_shape(loc, name, d, ndim, dims);
+    if (!rc) rc = check_stored(loc, name, d);
     H5Dclose(d);
     return rc;
 }
@@ -400,6 +438,8 @@ static int read_string_value(hid_t loc, const char *name, hid_t obj, int is_attr
                             (long long)npts);
         goto done;
     }
+    /* A fixed-length string type may declare gigabytes that the file does not hold: measured before allocating. */
+    if (!is_attr && (rc = check_stored(loc, name, obj)) != MOME_OK) goto done;
     mt = H5Tcopy(H5T_C_S1);
     H5Tset_cset(mt, H5Tget_cset(ft));
     if (H5Tis_variable_str(ft) > 0) {

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -32,6 +33,7 @@
 
 #include "mome/common.h"
 #include "mome/monitor.h"
+#include "monitor_view_feed.h"
 
 enum { EXIT_COMPLETED = 0, EXIT_USAGE = 2 };
 
@@ -130,6 +132,12 @@ static const char *si(char *buf, size_t n, double v, const char *unit) {
 /* 42s, 5m12s, 3h07m, 2.5d. */
 static const char *duration(char *buf, size_t n, double s) {
     if (!(s >= 0)) s = 0;
+    /* Days while still a double: a message's eta_s may be any finite number, and converting one beyond a long's
+     * range is undefined. */
+    if (s >= 100 * 3600) {
+        snprintf(buf, n, "%.1fd", s / 86400.0);
+        return buf;
+    }
     const long t = (long)(s + 0.5);
     if (t < 60) snprintf(buf, n, "%lds", t);
     else if (t < 3600) snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
@@ -390,6 +398,7 @@ typedef struct {
     int dirty;
     double last_draw;
     char *screen;           /* MAX_SCREEN_LINES x LINE_BYTES */
+    int fixed_cols, fixed_rows; /* the terminal size to assume (monitor_view_feed.h); 0: ask the terminal */
 } monitor;
 
 static volatile sig_atomic_t stop_signal = 0;
@@ -662,7 +671,10 @@ static int expert_lines(monitor *m, char (*lines)[LINE_BYTES], int max, int W) {
 static void view_draw(monitor *m) {
     struct winsize ws;
     int cols = 80, rows = 24;
-    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 && ws.ws_row > 0) {
+    if (m->fixed_cols > 0 && m->fixed_rows > 0) {
+        cols = m->fixed_cols;
+        rows = m->fixed_rows;
+    } else if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 && ws.ws_row > 0) {
         cols = ws.ws_col;
         rows = ws.ws_row;
     }
@@ -851,8 +863,10 @@ static int handle(monitor *m, int topic, json_t *o, const char *raw, size_t raw_
             record(m, "run %s session %s at step %lld", clean(m->run_id, c, sizeof c), session, step);
         snprintf(m->announced, sizeof m->announced, "%s", session);
     }
-    if (m->last_seq >= 0 && seq > m->last_seq + 1) {
-        m->lost += seq - m->last_seq - 1;
+    /* seq and last_seq are >= 0 (validated), so the difference cannot overflow; last_seq + 1 could. */
+    if (m->last_seq >= 0 && seq - m->last_seq > 1) {
+        const long long gap = seq - m->last_seq - 1;
+        m->lost = m->lost > LLONG_MAX - gap ? LLONG_MAX : m->lost + gap;
         warn(m, "lost %lld messages (seq %lld to %lld): the monitor read too slowly or the network dropped them",
              seq - m->last_seq - 1, m->last_seq + 1, seq - 1);
     }
@@ -919,46 +933,31 @@ static int handle(monitor *m, int topic, json_t *o, const char *raw, size_t raw_
     return -1;
 }
 
-/* Reads one message if one is waiting. Returns 0 when none was, 1 after one (handled or skipped); *code gets the
- * exit code when the run ended, else stays -1. */
-static int receive_one(monitor *m, int *code) {
-    zmq_msg_t part, body;
-    zmq_msg_init(&body);
-    char topic[64] = "";
-    int frames = 0, topic_ok = 1, more = 0;
-    size_t total = 0;
-    do {
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, m->sub, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&part);
-            if (frames == 0) {
-                zmq_msg_close(&body);
-                return 0;
-            }
-            break; /* cannot happen: the frames of a message arrive together */
-        }
-        frames++;
-        const size_t n = zmq_msg_size(&part);
-        total += n;
-        if (frames == 1) {
-            const unsigned char *d = zmq_msg_data(&part);
-            if (n == 0 || n >= sizeof topic) topic_ok = 0;
-            for (size_t i = 0; i < n && i + 1 < sizeof topic; i++) {
-                if (d[i] < 0x21 || d[i] > 0x7e) topic_ok = 0;
-                topic[i] = topic_ok ? (char)d[i] : '?';
-                topic[i + 1] = '\0';
-            }
-        }
-        more = zmq_msg_more(&part);
-        if (frames == 2) zmq_msg_move(&body, &part);
-        zmq_msg_close(&part);
-    } while (more);
+/* The topic frame as text for messages (non-printable bytes as '?', cut to fit); 1 when it is printable ASCII
+ * that fits, else 0. */
+static int topic_text(const unsigned char *d, size_t n, char topic[64]) {
+    int ok = n > 0 && n < 64;
+    topic[0] = '\0';
+    for (size_t i = 0; i < n && i + 1 < 64; i++) {
+        if (d[i] < 0x21 || d[i] > 0x7e) ok = 0;
+        topic[i] = ok ? (char)d[i] : '?';
+        topic[i + 1] = '\0';
+    }
+    return ok;
+}
+
+/* One received message: `frames` frames of `total` bytes in all, the first (the topic) and the second (the JSON
+ * body, NULL when there is none). Validates it, then handles or skips it. Returns the exit code when the run
+ * ended, else -1. */
+static int process_message(monitor *m, int frames, const unsigned char *topic_data, size_t topic_len,
+                           const char *raw, size_t len, size_t total) {
     m->received++;
     m->last_rx = mome_now();
     m->dirty = 1;
 
-    char why[512];
-    int t = -1;
+    char topic[64] = "", why[512];
+    const int topic_ok = frames >= 1 ? topic_text(topic_data, topic_len, topic) : 1;
+    int t = -1, code = -1;
     for (int i = 0; i < N_TOPICS && topic_ok; i++)
         if (strcmp(topic, topic_names[i]) == 0) t = i;
     const char *shown = frames >= 1 && topic[0] ? topic : NULL;
@@ -972,8 +971,6 @@ static int receive_one(monitor *m, int *code) {
         skip(m, shown, topic_ok ? "unknown topic" : "the topic is not printable ASCII");
     } else {
         json_error_t err;
-        const char *raw = zmq_msg_data(&body);
-        const size_t len = zmq_msg_size(&body);
         json_t *o = json_loadb(raw, len, JSON_REJECT_DUPLICATES, &err);
         if (!o) {
             char e[200];
@@ -982,12 +979,84 @@ static int receive_one(monitor *m, int *code) {
         } else if (validate(t, o, why, sizeof why) != 0) {
             skip(m, shown, why);
         } else {
-            *code = handle(m, t, o, raw, len);
+            code = handle(m, t, o, raw, len);
         }
         json_decref(o);
     }
+    return code;
+}
+
+/* Reads one message if one is waiting. Returns 0 when none was, 1 after one (handled or skipped); *code gets the
+ * exit code when the run ended, else stays -1. */
+static int receive_one(monitor *m, int *code) {
+    zmq_msg_t part, head, body;
+    zmq_msg_init(&head);
+    zmq_msg_init(&body);
+    int frames = 0, more = 0;
+    size_t total = 0;
+    do {
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, m->sub, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&part);
+            if (frames == 0) {
+                zmq_msg_close(&head);
+                zmq_msg_close(&body);
+                return 0;
+            }
+            break; /* cannot happen: the frames of a message arrive together */
+        }
+        frames++;
+        total += zmq_msg_size(&part);
+        more = zmq_msg_more(&part);
+        if (frames == 1) zmq_msg_move(&head, &part);
+        if (frames == 2) zmq_msg_move(&body, &part);
+        zmq_msg_close(&part);
+    } while (more);
+    *code = process_message(m, frames, zmq_msg_data(&head), zmq_msg_size(&head), zmq_msg_data(&body),
+                            zmq_msg_size(&body), total);
+    zmq_msg_close(&head);
     zmq_msg_close(&body);
     return 1;
+}
+
+/* ---- without a connection (monitor_view_feed.h) ---- */
+
+struct mome_monitor_feed {
+    monitor m;
+};
+
+mome_monitor_feed *mome_monitor_feed_new(int out, int utf8, int cols, int rows) {
+    mome_monitor_feed *f = mome_calloc(1, sizeof *f);
+    monitor *m = &f->m;
+    m->out = out == 2 ? OUT_JSON : out == 1 ? OUT_PLAIN : OUT_VIEW;
+    m->utf8 = utf8 != 0;
+    m->last_seq = -1;
+    m->fixed_cols = cols > 0 ? cols : 80;
+    m->fixed_rows = rows > 0 ? rows : 24;
+    m->target = "feed";
+    if (m->out == OUT_VIEW) m->screen = mome_malloc((size_t)MAX_SCREEN_LINES * LINE_BYTES);
+    return f;
+}
+
+int mome_monitor_feed_message(mome_monitor_feed *f, int frames, const void *const *frame, const size_t *len) {
+    size_t total = 0;
+    for (int i = 0; i < frames; i++) total += len[i];
+    return process_message(&f->m, frames, frames >= 1 ? frame[0] : NULL, frames >= 1 ? len[0] : 0,
+                           frames >= 2 ? frame[1] : NULL, frames >= 2 ? len[1] : 0, total);
+}
+
+void mome_monitor_feed_draw(mome_monitor_feed *f) {
+    if (f->m.out == OUT_VIEW) view_draw(&f->m);
+}
+
+void mome_monitor_feed_free(mome_monitor_feed *f) {
+    if (!f) return;
+    json_decref(f->m.meta);
+    json_decref(f->m.train);
+    json_decref(f->m.eval);
+    json_decref(f->m.ckpt);
+    mome_free(f->m.screen);
+    mome_free(f);
 }
 
 /* ---- keys ---- */

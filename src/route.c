@@ -23,6 +23,7 @@
 
 #include "mome/common.h"
 #include "mome/h5io.h"
+#include "route_jsonl.h"
 
 #define FORMAT_NAME "mome-router"
 #define FORMAT_VERSION 1
@@ -628,6 +629,30 @@ int mome_router_open(mome_router **out, const char *path) {
         }
         if (nl != ncls)
             rc = mome_error_set(MOME_EFORMAT, "%s: %d labels stored, n_classes is %lld", path, nl, (long long)ncls);
+    }
+    /* The arrays' shapes before allocating them: the attributes alone could ask for 2^24 x 64 weights (4 GiB). */
+    const struct {
+        const char *name;
+        int ndim;
+        hsize_t d0, d1;
+    } arrays[3] = {{"idf", 1, (hsize_t)buckets, 0}, {"weights", 2, (hsize_t)buckets, (hsize_t)ncls},
+                   {"bias", 1, (hsize_t)ncls, 0}};
+    for (int i = 0; i < 3 && !rc; i++) {
+        int nd = 0;
+        hsize_t got[8] = {0};
+        rc = mome_h5_shape(f, arrays[i].name, &nd, got);
+        if (!rc && (nd != arrays[i].ndim || got[0] != arrays[i].d0 || (nd == 2 && got[1] != arrays[i].d1))) {
+            char want[64];
+            if (arrays[i].ndim == 2)
+                snprintf(want, sizeof want, "(%llu, %llu)", (unsigned long long)arrays[i].d0,
+                         (unsigned long long)arrays[i].d1);
+            else
+                snprintf(want, sizeof want, "(%llu)", (unsigned long long)arrays[i].d0);
+            rc = mome_error_set(MOME_EFORMAT,
+                                "%s:/%s has %d dims (first %llu), expected %s from the attributes buckets and "
+                                "n_classes",
+                                path, arrays[i].name, nd, (unsigned long long)got[0], want);
+        }
     }
     if (!rc) rc = mome_router_create(&r, (mome_router_kind)kind, names, nl, &h);
     if (rc == MOME_EINVAL) rc = mome_error_wrap(MOME_EFORMAT, "%s", path);
@@ -1665,6 +1690,47 @@ static int parse_rec(const mome_router *r, const char *name, char *line, size_t 
     return MOME_OK;
 }
 
+/* The output line of a classified predict record: its object with "label" and "probs" set (caller frees with
+ * free). Releases the record's object. */
+static char *predict_output(const mome_router *r, rec_t *rec) {
+    json_t *o = rec->obj, *p = json_object();
+    for (int k = 0; k < r->n_classes; k++) json_object_set_new(p, r->labels[k], json_real(rec->probs[k]));
+    json_object_set_new(o, "label", json_string(r->labels[rec->pred]));
+    json_object_set_new(o, "probs", p);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    MOME_CHECK(s, "json_dumps failed");
+    json_decref(o);
+    rec->obj = NULL;
+    return s;
+}
+
+int mome_route_check_lines(const mome_router *r, FILE *f, const char *name, int need_label, size_t *n_ok) {
+    char *line = NULL;
+    size_t cap = 0, len = 0;
+    long lineno = 0;
+    int rc = MOME_OK, got;
+    *n_ok = 0;
+    rec_t *rec = mome_malloc(sizeof *rec);
+    while (!rc && (got = next_line(f, &line, &cap, &lineno, &len)) != 0) {
+        if (got < 0) {
+            rc = mome_error_set(MOME_EIO, "%s: read error after line %ld", name, lineno);
+            break;
+        }
+        rc = parse_rec(r, name, line, len, lineno, need_label, rec);
+        if (rc) break;
+        rec->pred = mome_router_classify(r, rec->text, rec->len, rec->probs);
+        if (need_label) {
+            json_decref(rec->obj);
+        } else {
+            free(predict_output(r, rec));
+        }
+        (*n_ok)++;
+    }
+    mome_free(rec);
+    free(line);
+    return rc;
+}
+
 #define BATCH 512
 
 static int cmd_predict(int argc, char **argv) {
@@ -1704,7 +1770,7 @@ static int cmd_predict(int argc, char **argv) {
     char *line = NULL;
     size_t cap = 0, len = 0;
     long lineno = 0, skipped = 0;
-    int rc = MOME_OK, eof = 0, K = r->n_classes;
+    int rc = MOME_OK, eof = 0;
     while (!eof && !rc) {
         size_t n = 0;
         while (n < BATCH) {
@@ -1730,16 +1796,10 @@ static int cmd_predict(int argc, char **argv) {
 #pragma omp parallel for schedule(dynamic, 8)
         for (size_t i = 0; i < n; i++) recs[i].pred = mome_router_classify(r, recs[i].text, recs[i].len, recs[i].probs);
         for (size_t i = 0; i < n; i++) {
-            json_t *o = recs[i].obj, *p = json_object();
-            for (int k = 0; k < K; k++) json_object_set_new(p, r->labels[k], json_real(recs[i].probs[k]));
-            json_object_set_new(o, "label", json_string(r->labels[recs[i].pred]));
-            json_object_set_new(o, "probs", p);
-            char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
-            MOME_CHECK(s, "json_dumps failed");
+            char *s = predict_output(r, &recs[i]);
             fputs(s, stdout);
             fputc('\n', stdout);
             free(s);
-            json_decref(o);
         }
     }
     fflush(stdout);
