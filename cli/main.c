@@ -167,6 +167,15 @@ static int parse_long(const char *s, long *out) {
     return 0;
 }
 
+/* --windows N of `verb`: a positive count of validation windows per domain; an error message otherwise. */
+static int parse_windows(const char *verb, const char *v, long *out) {
+    if (parse_long(v, out) || *out < 1) {
+        fprintf(stderr, "%s: --windows %s: expected a positive integer\n", verb, v);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_double(const char *s, double *out) {
     char *end;
     double v = strtod(s, &end);
@@ -480,10 +489,7 @@ static int cmd_eval(int argc, char **argv) {
         } else if (strcmp(argv[i], "--router") == 0 && v) {
             router = v, i++;
         } else if (strcmp(argv[i], "--windows") == 0 && v) {
-            if (parse_long(v, &windows) || windows < 1) {
-                fprintf(stderr, "mome eval: --windows %s: expected a positive integer\n", v);
-                return EXIT_USAGE;
-            }
+            if (parse_windows("mome eval", v, &windows)) return EXIT_USAGE;
             i++;
         } else {
             fprintf(stderr, "mome eval: unknown or incomplete option '%s'\n%s", argv[i], usage_eval);
@@ -574,10 +580,7 @@ static int cmd_analyze(int argc, char **argv) {
         } else if (strcmp(a, "--plot") == 0 && v) {
             plot = v, i++;
         } else if (strcmp(a, "--windows") == 0 && v) {
-            if (parse_long(v, &windows) || windows < 1) {
-                fprintf(stderr, "mome analyze gates: --windows %s: expected a positive integer\n", v);
-                return EXIT_USAGE;
-            }
+            if (parse_windows("mome analyze gates", v, &windows)) return EXIT_USAGE;
             i++;
         } else {
             fprintf(stderr, "mome analyze gates: unknown or incomplete option '%s'\n%s", a, usage_analyze);
