@@ -11,10 +11,12 @@ earlier checkpoint must stay intact (bit-identical to the uninterrupted run's), 
 training must go on with the same losses, and (fills) once there is room a restart with resume=auto must end
 bit-identical to an uninterrupted run. Needs root (mount -t tmpfs); skipped with the reason otherwise.
 """
+import errno
 import os
 import re
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faultlib as fl  # noqa: E402
@@ -34,6 +36,27 @@ def can_mount(ctx):
 
 def skip_reason(ctx):
     return can_mount(ctx)
+
+
+def fill(path, mnt, leave):
+    """Leave `leave` bytes free on mnt. The trainer writes to the same file system meanwhile (a checkpoint
+    reserves its space at once), so the free space can shrink between statvfs and fallocate: measure again
+    and retry rather than fail the trial on the race."""
+    with open(path, "wb") as f:
+        for _ in range(50):
+            st = os.statvfs(mnt)
+            n = st.f_bavail * st.f_frsize - leave
+            if n <= 0:
+                return
+            try:
+                os.posix_fallocate(f.fileno(), 0, n)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                f.truncate(0)
+                time.sleep(0.01)
+    raise RuntimeError(f"could not fill {mnt}: the free space kept shrinking")
 
 
 def trial(ctx, t):
@@ -57,12 +80,7 @@ def trial(ctx, t):
             unfill_at = fill_at + t.rng.randint(6, 9)
             filler = os.path.join(mnt, "filler")
             fl.wait_for(lambda: p.poll() is not None or fl.last_step(log) >= fill_at, 120, 0.002)
-            st = os.statvfs(mnt)
-            leave = int(t.rng.uniform(0.0, 0.9) * size)
-            with open(filler, "wb") as f:
-                n = st.f_bavail * st.f_frsize - leave
-                if n > 0:
-                    os.posix_fallocate(f.fileno(), 0, n)
+            fill(filler, mnt, int(t.rng.uniform(0.0, 0.9) * size))
             fl.wait_for(lambda: p.poll() is not None or fl.last_step(log) >= unfill_at, 120, 0.002)
             os.unlink(filler)
         rc, _ = fl.wait_exit(p, 300)
