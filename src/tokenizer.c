@@ -29,6 +29,7 @@
 #include "mome/common.h"
 #include "mome/h5io.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,7 +535,10 @@ typedef struct {
     size_t n_ids, cap_ids;
 } encode_cache;
 
-static _Thread_local encode_cache tcache;
+/* Per thread, freed when the thread ends (corpus builds encode on short-lived worker threads). */
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+static int cache_key_rc;
 
 static void cache_reset(encode_cache *c, uint64_t serial) {
     if (c->serial) sm_free(&c->map);
@@ -544,6 +548,32 @@ static void cache_reset(encode_cache *c, uint64_t serial) {
         c->serial = serial;
         sm_init(&c->map, 1 << 12);
     }
+}
+
+static void cache_destroy(void *p) {
+    cache_reset(p, 0);
+    free(p);
+}
+
+static void cache_key_init(void) { cache_key_rc = pthread_key_create(&cache_key, cache_destroy); }
+
+/* This thread's cache, NULL when it has none yet. */
+static encode_cache *thread_cache_peek(void) {
+    pthread_once(&cache_once, cache_key_init);
+    return cache_key_rc ? NULL : pthread_getspecific(cache_key);
+}
+
+static encode_cache *thread_cache(void) {
+    encode_cache *c = thread_cache_peek();
+    if (cache_key_rc) return NULL;
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (c && pthread_setspecific(cache_key, c)) {
+            free(c);
+            c = NULL;
+        }
+    }
+    return c;
 }
 
 /* BPE of one chunk: ids into sym (capacity len), returns the count. */
@@ -579,7 +609,8 @@ static uint32_t bpe_chunk(const mome_tokenizer *t, const uint8_t *p, uint32_t le
 int mome_tokenizer_encode(const mome_tokenizer *tok, const char *text, size_t len, uint32_t **ids, size_t *n,
                           size_t *cap) {
     if (!tok || (!text && len)) return mome_error_set(MOME_EINVAL, "tokenizer_encode: NULL tokenizer or text");
-    encode_cache *c = &tcache;
+    encode_cache *c = thread_cache();
+    if (!c) return mome_error_set(MOME_ENOMEM, "tokenizer_encode: no memory for the thread's encode cache");
     if (c->serial != tok->serial) cache_reset(c, tok->serial);
     const uint8_t *s = (const uint8_t *)text;
     uint32_t sym[MAX_CHUNK];
@@ -654,7 +685,8 @@ const char *mome_tokenizer_hash(const mome_tokenizer *tok) { return tok->hash; }
 
 void mome_tokenizer_free(mome_tokenizer *tok) {
     if (!tok) return;
-    if (tcache.serial == tok->serial) cache_reset(&tcache, 0);
+    encode_cache *c = thread_cache_peek();
+    if (c && c->serial == tok->serial) cache_reset(c, 0);
     free(tok->merges);
     mome_free(tok->pair_keys);
     mome_free(tok->pair_ids);

@@ -34,10 +34,11 @@ static inline float vm_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    /* 2^n in two halves so that n up to 128 does not overflow the exponent field */
-    const int32_t ni = (int32_t)n;
+    /* 2^n in two halves so that n up to 128 does not overflow the exponent field. A NaN x reaches y through p;
+     * n is 0 then, since converting NaN to an integer is undefined. */
+    const int32_t ni = (int32_t)(n == n ? n : 0.0f);
     const int32_t n1 = ni >> 1, n2 = ni - n1;
-    const int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+    const uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
     float s1, s2;
     memcpy(&s1, &b1, sizeof s1);
     memcpy(&s2, &b2, sizeof s2);

@@ -462,13 +462,13 @@ static void test_user_build(const char *root) {
     printf("generated domains: %zu, %zu, %zu bytes\n", bytes[0], bytes[1], bytes[2]);
 
     mome_domain_spec specs[3];
-    char dirs[3][512];
+    char dirs[3][600];
     for (int i = 0; i < 3; i++) {
         snprintf(specs[i].name, sizeof specs[i].name, "%s", names[i]);
         snprintf(dirs[i], sizeof dirs[i], "%s/%s", root, names[i]);
         specs[i].path = dirs[i];
     }
-    char out[512], out2[512];
+    char out[600], out2[600];
     snprintf(out, sizeof out, "%s/out", root);
     snprintf(out2, sizeof out2, "%s/out2", root);
     mome_data_build_opts o;
@@ -550,7 +550,7 @@ static void test_user_build(const char *root) {
     mome_tokenizer_free(tok);
 
     /* a byte cap and no validation split: the cap holds, val datasets are empty */
-    char out3[512];
+    char out3[600];
     snprintf(out3, sizeof out3, "%s/out3", root);
     o.out_dir = out3;
     o.max_bytes_per_domain = 60000;
