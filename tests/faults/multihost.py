@@ -8,8 +8,9 @@ between two ranks of one host. Per trial (1 or 2 ranks per host, the 4 MoE exper
   1. the uninterrupted run on two hosts must give the same per-step losses and a bit-identical end state as the
      same ranks on one host over shared memory;
   2. host B's link is cut (`ip link set down`) at a random step: the job must end within 30 s on both sides
-     (Open MPI's daemons notice the lost connection by TCP keepalive, set here to 4 s + 3 x 2 s with
-     oob_tcp_keepalive_*; with Open MPI's defaults, 300 s + 9 x 20 s, the job hangs for about 8 minutes);
+     (Open MPI's daemons notice the lost connection by TCP keepalive: the oob_tcp_keepalive_* settings that
+     launch/mpirun adds for a hostfile, 4 s + 3 x 2 s; with Open MPI's defaults, 300 s + 9 x 20 s, the job hangs
+     for about 8 minutes);
   3. the run resumes on host A alone with half the ranks (resume=auto: every expert read from the checkpoint and
      resharded over the remaining ranks), from the last complete checkpoint, and must end bit-identical to the
      one-host run that does the same (the one-host run's checkpoint at that step resumed on half the ranks).
@@ -27,8 +28,23 @@ import faultlib as fl  # noqa: E402
 
 FAULT = "multihost"
 STOP_LIMIT = 30.0
-KEEPALIVE = ["--mca", "oob_tcp_keepalive_time", "4", "--mca", "oob_tcp_keepalive_intvl", "2",
-             "--mca", "oob_tcp_keepalive_probes", "3"]
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "launch", "mpirun")
+
+
+def launcher_keepalive(work):
+    """The oob_tcp_keepalive_* settings that launch/mpirun gives a multi-host job (read from its --dry-run with a
+    hostfile), so that this test checks what users get rather than settings of its own."""
+    hostfile = os.path.join(work, "keepalive-hosts")
+    with open(hostfile, "w") as f:
+        f.write("hostA slots=1\nhostB slots=1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMPI_MCA_oob_tcp_keepalive")}
+    env.pop("MOME_MPIRUN_ARGS", None)
+    r = subprocess.run([LAUNCHER, "-n", "2", "--hostfile", hostfile, "--dry-run", "--", "true"],
+                       capture_output=True, text=True, env=env, check=True)
+    found = re.findall(r"--mca (oob_tcp_keepalive_\w+) (\S+)", r.stderr)
+    if len(found) != 3:
+        raise RuntimeError(f"launch/mpirun --hostfile sets {found}, expected the three oob_tcp_keepalive_* settings")
+    return [a for k, v in found for a in ("--mca", k, v)]
 
 
 def ip(*args, check=True):
@@ -64,12 +80,13 @@ class Hosts:
             f.write("  *) echo \"netns-agent: unknown host $host\" >&2; exit 1 ;;\nesac\n"
                     "exec ip netns exec \"$ns\" /bin/sh -c \"$*\"\n")
         os.chmod(self.agent, 0o755)
+        self.keepalive = launcher_keepalive(work)
 
     def mpi(self, per_host, hosts=2):
         return (["--host", ",".join(f"{a}:{per_host}" for a in self.addr[:hosts]), "--mca", "plm_rsh_agent",
                  self.agent, "--mca", "pml", "ob1", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include",
                  self.cidr, "--mca", "oob_tcp_if_include", self.cidr, "-x", "OMPI_ALLOW_RUN_AS_ROOT", "-x",
-                 "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] + KEEPALIVE)
+                 "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] + self.keepalive)
 
     def prefix(self):
         return ["ip", "netns", "exec", self.ns[0]]

@@ -68,6 +68,18 @@ stop=$(sed -n 's/.*checkpointing at step \([0-9]*\) and stopping.*/\1/p' wrap.lo
 [ -n "$stop" ] && [ -f "ckpt/wrap/step_$(printf %08d "$stop").h5" ] || { cat wrap.log; fail "launch/mpirun: no checkpoint"; }
 say "launch/mpirun: SIGUSR1 -> checkpoint at step $stop, exit 75"
 
+# A hostfile (several hosts) adds the daemons' TCP keepalive settings; one the user sets is left alone.
+printf 'nodeA slots=1\nnodeB slots=1\n' > hosts
+"$launch/mpirun" -n 2 --hostfile hosts --dry-run -- true 2> dry.log
+grep -q -- "--mca oob_tcp_keepalive_time 4 --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes 3" dry.log \
+  || { cat dry.log; fail "launch/mpirun --hostfile: no keepalive settings"; }
+OMPI_MCA_oob_tcp_keepalive_time=30 "$launch/mpirun" -n 2 --hostfile hosts --dry-run -- true 2> dry.log
+! grep -q -- "oob_tcp_keepalive_time" dry.log && grep -q -- "oob_tcp_keepalive_probes 3" dry.log \
+  || { cat dry.log; fail "launch/mpirun --hostfile: overrode the user's OMPI_MCA_oob_tcp_keepalive_time"; }
+"$launch/mpirun" -n 2 --dry-run -- true 2> dry.log
+! grep -q keepalive dry.log || { cat dry.log; fail "launch/mpirun: keepalive settings without a hostfile"; }
+say "launch/mpirun --hostfile: keepalive 4 s + 3 x 2 s, a user's setting kept"
+
 # ---- 2. a private SLURM ---------------------------------------------------------------------------------------
 
 # munged refuses a socket in a directory not searchable by everyone, and a key readable by others.
