@@ -97,7 +97,8 @@ static const char *usage_train =
     "Trains the model described by the INI file CONFIG; any key can be overridden as section.key=value.\n"
     "Checkpoints go to <checkpoint.dir>/<train.run_name>/, metrics to runs/<train.run_name>/metrics.jsonl.\n"
     "train.resume=auto continues from the latest checkpoint. SIGTERM or SIGUSR1 makes every rank stop at the\n"
-    "same step after a checkpoint, with exit code 75.\n"
+    "same step after a checkpoint, with exit code 75. Non-finite values that stop training (train.nonfinite =\n"
+    "stop, or train.nonfinite_limit steps in a row) exit with code 76, leaving the newest checkpoint as it was.\n"
     "\n"
     "  --help-config          list every section and key with its default and range\n";
 
@@ -321,7 +322,7 @@ static int cmd_train(int argc, char **argv) {
     rc = mome_train(&cfg, MPI_COMM_WORLD);
     int code = 0;
     if (rc == MOME_ESTOP) code = MOME_EXIT_STOPPED;
-    else if (rc != MOME_OK) code = fail("train");
+    else if (rc != MOME_OK) code = fail("train") && rc == MOME_ENONFINITE ? MOME_EXIT_NONFINITE : EXIT_ERROR;
     MPI_Finalize();
     return code;
 }

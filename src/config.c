@@ -93,10 +93,10 @@ static const field schema[] = {
      "threads per rank; 0: OMP_NUM_THREADS, or the node's cores divided among the ranks on it"},
     {"train", "nonfinite", T_STR, F(train, nonfinite), "skip", 0, 0,
      "a step whose loss or gradient norm is NaN or Inf: skip (no update, a warning, the run goes on) | stop (no "
-     "update, no checkpoint: the run ends with an error and the last checkpoint stays the newest)"},
+     "update, no checkpoint: the run ends with exit code 76 and the last checkpoint stays the newest)"},
     {"train", "nonfinite_limit", T_INT, F(train, nonfinite_limit), "10", 0, 1000000000,
-     "with nonfinite = skip, this many non-finite steps in a row stop the run as nonfinite = stop would; 0: no "
-     "limit"},
+     "with nonfinite = skip, this many non-finite steps in a row stop the run as nonfinite = stop would (exit "
+     "76); 0: no limit"},
 
     {"data", "dir", T_STR, F(data, dir), "data/default", 0, 0, "corpus directory written by `mome data build`"},
     {"data", "domains", T_STR, F(data, domains), "", 0, 0,

@@ -17,6 +17,9 @@
 
 /* Exit code of `mome train` when it stopped on SIGTERM/SIGUSR1 after writing a checkpoint (for requeueing). */
 #define MOME_EXIT_STOPPED 75
+/* Exit code of `mome train` when non-finite values stopped it (train.nonfinite = stop, or nonfinite_limit steps
+ * in a row), without a checkpoint: the newest checkpoint is the last good state. Not a reason to requeue as is. */
+#define MOME_EXIT_NONFINITE 76
 
 /* Sets OpenMP and OpenBLAS threads; n <= 0 means OMP_NUM_THREADS or the number of cores. Returns the count. */
 int mome_set_threads(int n);

@@ -4,7 +4,7 @@ rank through MOME_FAULT_NONFINITE (src/train.c), under each train.nonfinite poli
 
   skip:  the step's update is skipped on every rank (one fewer AdamW step in the end), a warning reaches the
          monitor (a mome.log record) and the step's mome.train record has "skipped": true; the run completes;
-  stop:  the run ends at that step with an error (exit 1, mome.end "failed"), writes no checkpoint, and
+  stop:  the run ends at that step with an error (exit 76, mome.end "failed"), writes no checkpoint, and
          `latest` stays the last one before the fault; resume=auto (no fault) then ends bit-identical to an
          uninterrupted run;
   limit: the weights themselves go bad (param), so every later step is non-finite: after train.nonfinite_limit
@@ -66,7 +66,7 @@ def trial(ctx, t):
         refused = re.findall(r"checkpoint at step (\d+) failed: .*no checkpoint of non-finite weights", text)
         if refused:
             t.note(f"checkpoint of step(s) {refused} refused (non-finite weights)")
-    t.check(rc == 1, f"exit {rc}, expected 1")
+    t.check(rc == 76, f"exit {rc}, expected 76 (MOME_EXIT_NONFINITE)")
     t.check(re.search(r"step %d: non-finite loss or gradients.*stopping without a checkpoint" % last, text) is not None,
             "no stop message naming the step")
     t.check(ends and ends[-1]["status"] == "failed", "mome.end is not 'failed'")
