@@ -37,7 +37,9 @@ int mome_h5_read_u32(hid_t loc, const char *name, uint32_t *data, int ndim, cons
 int mome_h5_read_u64(hid_t loc, const char *name, uint64_t *data, int ndim, const hsize_t *dims);
 /* 1 if the object `name` (a path, may contain '/') exists below loc, else 0. */
 int mome_h5_exists(hid_t loc, const char *name);
-/* Shape of a dataset (up to 8 dims; ndim 0 for a true scalar). */
+/* Shape of a dataset (up to 8 dims; ndim 0 for a true scalar). Refuses (MOME_ECORRUPT, naming the object) an
+ * uncompressed dataset whose file holds fewer bytes than the shape needs, so that callers may size buffers from
+ * the shape: a damaged or forged header cannot make them allocate more than the file justifies. */
 int mome_h5_shape(hid_t loc, const char *name, int *ndim, hsize_t *dims);
 /* Reads elements [start, start+count) of a 1-D integer dataset as uint32. */
 int mome_h5_read_u32_range(hid_t loc, const char *name, uint32_t *data, hsize_t start, hsize_t count);
