@@ -6,6 +6,7 @@
  * live in model.c, loss.c and optim.c; this file only orchestrates them.
  */
 #include "mome/train.h"
+#include "mome/watchdog.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -395,6 +396,7 @@ typedef struct {
     mome_monitor *mon;     /* rank 0: metrics.jsonl and the ZeroMQ stream (monitor.h) */
     double flop_per_token; /* of a training step (3 x forward), for the MFU */
     double sgemm_gflops;   /* measured by rank 0 at start, times the ranks; 0: not measured */
+    mome_watchdog *wd;     /* train.watchdog: ends this rank if no step, evaluation or checkpoint progresses */
 } trainer;
 
 /* Fault injection for tests/faults (docs/reliability.md), off unless the environment asks:
@@ -464,7 +466,7 @@ static int check_finite(const mome_tensor_table *t, float *const bufs[3], long s
     return MOME_OK;
 }
 
-static int save_checkpoint(trainer *tr) {
+static int save_checkpoint_now(trainer *tr) {
     /* Every expert, by global id, onto rank 0 (a checkpoint never depends on the number of ranks). */
     const mome_tensor_table *full = &tr->full_table;
     float *bufs[3] = {NULL, NULL, NULL};
@@ -780,7 +782,7 @@ static mome_modular_variant routing_variant(const trainer *tr) {
 
 /* Validation loss per domain, as the run routes (r); with all_variants, a modular student is also evaluated every
  * other way (mome_modular_variants) and the table is printed on rank 0. */
-static int run_eval(trainer *tr, mome_eval_result *r, int all_variants) {
+static int run_eval_now(trainer *tr, mome_eval_result *r, int all_variants) {
     const long windows = (long)tr->cfg->train.eval_batches * tr->B;
     if (!tr->modular) {
         int rc = mome_evaluate(&tr->model, &tr->ds, tr->T, tr->B_local, windows, tr->comm, r);
@@ -1175,6 +1177,22 @@ static void remove_stale_temporaries(const char *dir) {
     closedir(d);
 }
 
+/* The watchdog's clock restarts when a checkpoint or an evaluation begins and again when it ends, so that each
+ * gets the whole timeout and the step after it too. */
+static int save_checkpoint(trainer *tr) {
+    mome_watchdog_tick(tr->wd, tr->step, "a checkpoint");
+    const int rc = save_checkpoint_now(tr);
+    mome_watchdog_tick(tr->wd, tr->step, "the step after a checkpoint");
+    return rc;
+}
+
+static int run_eval(trainer *tr, mome_eval_result *r, int all_variants) {
+    mome_watchdog_tick(tr->wd, tr->step, "an evaluation");
+    const int rc = run_eval_now(tr, r, all_variants);
+    mome_watchdog_tick(tr->wd, tr->step, "the step after an evaluation");
+    return rc;
+}
+
 int mome_train(const mome_config *cfg, MPI_Comm comm) {
     trainer tr;
     int rc = agree(trainer_setup(&tr, cfg, comm), comm);
@@ -1218,6 +1236,10 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGUSR1, &sa, &old_usr1);
     stop_signal = 0;
+    if (cfg->train.watchdog > 0) {
+        tr.wd = mome_watchdog_start(cfg->train.watchdog, tr.rank);
+        if (!tr.wd) MOME_FATAL("%s", mome_error_message());
+    }
 
     mome_eval_result before = {0}, after = {0};
     int have_before = 0;
@@ -1243,6 +1265,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     int stopped = 0, failed = 0, nonfinite_run = 0;
 
     while (tr.step < steps) {
+        mome_watchdog_tick(tr.wd, tr.step + 1, "a training step");
         double t0 = mome_now();
         memset(tr.grads, 0, tr.table->total * sizeof(float));
         for (int e = 0; e < MOME_MAX_DOMAINS; e++) tr.trunk_seqs[e] = 0.0;
@@ -1424,6 +1447,8 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         if (tr.rank == 0) mome_eval_print(stdout, have_before ? &before : NULL, &after);
         rc = save_checkpoint(&tr);
     }
+    mome_watchdog_stop(tr.wd);
+    tr.wd = NULL;
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGUSR1, &old_usr1, NULL);
     mome_free(buf);
@@ -1431,7 +1456,9 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     mome_free(tgt);
     if (tr.mon) {
         const char *status = rc != MOME_OK ? "failed" : stopped ? "stopped" : "completed";
-        const int code = rc != MOME_OK ? 1 : stopped ? MOME_EXIT_STOPPED : 0;
+        const int code = rc == MOME_ENONFINITE ? MOME_EXIT_NONFINITE : rc != MOME_OK ? 1
+                         : stopped                 ? MOME_EXIT_STOPPED
+                                                   : 0;
         mome_monitor_publish(tr.mon, "mome.end", tr.step,
                              json_pack("{s:s, s:i, s:I}", "status", status, "exit_code", code, "published",
                                        (json_int_t)mome_monitor_published(tr.mon) + 1));

@@ -42,6 +42,7 @@ typedef struct {
     int threads;                 /* threads per rank; 0: OMP_NUM_THREADS, or the node's cores / ranks on the node */
     char nonfinite[MOME_CFG_STR]; /* a non-finite loss or gradient norm: "skip" the update | "stop" the run */
     int nonfinite_limit;         /* skip: non-finite steps in a row that stop the run anyway; 0: no limit */
+    int watchdog;                /* seconds without a step, evaluation or checkpoint ending: the rank exits; 0: off */
 } mome_train_section;
 
 typedef struct {

@@ -31,11 +31,13 @@ def expected_start(ckdir):
     return max(steps, default=0)
 
 
-def kill_and_resume(ctx, t, world, victim, trigger, label, extra=(), delay=0.0, inspect=None):
-    """Starts a run, waits for trigger(log, ckpt) to hold, waits `delay` s more, kill -9's rank `victim`,
-    checks the job ends in time, restarts with resume=auto and compares the end with an uninterrupted run.
-    inspect(ckdir), when given, describes the checkpoint directory as the kill left it."""
-    d = ctx.trial_dir(f"{FAULT}{t.k}")
+def kill_and_resume(ctx, t, world, victim, trigger, label, extra=(), delay=0.0, inspect=None, sig=signal.SIGKILL,
+                    fault=FAULT, expect_rc=None, stop_limit=STOP_LIMIT):
+    """Starts a run, waits for trigger(log, ckpt) to hold, waits `delay` s more, sends `sig` (kill -9) to rank
+    `victim`, checks the job ends in time (and with exit expect_rc, when given), restarts with resume=auto and
+    compares the end with an uninterrupted run. inspect(ckdir), when given, describes the checkpoint directory as
+    the fault left it."""
+    d = ctx.trial_dir(f"{fault}{t.k}")
     ref = ctx.reference(world, extra)
     tag = uuid.uuid4().hex
     log = os.path.join(d, "cut.log")
@@ -53,7 +55,7 @@ def kill_and_resume(ctx, t, world, victim, trigger, label, extra=(), delay=0.0, 
     if delay > 0:
         time.sleep(delay)
     at = fl.last_step(log)
-    os.kill(pids[victim], signal.SIGKILL)
+    os.kill(pids[victim], sig)
     rc, secs = fl.wait_exit(p, 120)
     t.stop_s = secs
     if rc is None:
@@ -64,11 +66,14 @@ def kill_and_resume(ctx, t, world, victim, trigger, label, extra=(), delay=0.0, 
     ck = fl.latest_step(ckdir)
     want = expected_start(ckdir)
     tmp = [n for n in os.listdir(ckdir) if ".tmp" in n] if os.path.isdir(ckdir) else []
-    t.note(f"{world} ranks, killed rank {victim} (pid {pids[victim]}) {label} at step {at}; job ended in "
+    what = "killed" if sig == signal.SIGKILL else f"sent {signal.Signals(sig).name} to"
+    t.note(f"{world} ranks, {what} rank {victim} (pid {pids[victim]}) {label} at step {at}; job ended in "
            f"{secs:.2f} s with exit {rc}; latest = step {ck}" + (f"; left {tmp}" if tmp else "")
            + (f"; {inspect(ckdir)}" if inspect else ""))
     t.check(rc is not None and rc != 0, "mpirun still running after 120 s, or exited 0 after a rank was killed")
-    t.check(secs <= STOP_LIMIT, f"the job took {secs:.1f} s to end (limit {STOP_LIMIT:.0f} s)")
+    t.check(secs <= stop_limit, f"the job took {secs:.1f} s to end (limit {stop_limit:.0f} s)")
+    if expect_rc is not None:
+        t.check(rc == expect_rc, f"exit {rc}, expected {expect_rc}")
     t.check(left is True, f"processes left behind: {left}")
 
     # Restart: resume=auto from whatever the checkpoint directory holds.
