@@ -322,7 +322,10 @@ static int cmd_train(int argc, char **argv) {
     rc = mome_train(&cfg, MPI_COMM_WORLD);
     int code = 0;
     if (rc == MOME_ESTOP) code = MOME_EXIT_STOPPED;
-    else if (rc != MOME_OK) code = fail("train") && rc == MOME_ENONFINITE ? MOME_EXIT_NONFINITE : EXIT_ERROR;
+    else if (rc != MOME_OK) {
+        fail("train");
+        code = rc == MOME_ENONFINITE ? MOME_EXIT_NONFINITE : EXIT_ERROR;
+    }
     MPI_Finalize();
     return code;
 }
