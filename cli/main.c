@@ -160,6 +160,14 @@ static int fail(const char *verb) {
     return EXIT_ERROR;
 }
 
+/* MPI_Init, this process's rank and the world size, and log lines prefixed with the rank. */
+static void mpi_start(int *rank, int *world) {
+    MPI_Init(NULL, NULL);
+    MPI_Comm_rank(MPI_COMM_WORLD, rank);
+    MPI_Comm_size(MPI_COMM_WORLD, world);
+    mome_log_set_rank(*rank, *world);
+}
+
 static int parse_long(const char *s, long *out) {
     char *end;
     long v = strtol(s, &end, 10);
@@ -280,11 +288,8 @@ static int cmd_train(int argc, char **argv) {
         fputs(usage_train, argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    MPI_Init(NULL, NULL);
     int rank, world;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    mome_log_set_rank(rank, world);
+    mpi_start(&rank, &world);
 
     /* Rank 0 parses and validates; the others receive the resolved text. */
     mome_config cfg;
@@ -500,11 +505,8 @@ static int cmd_eval(int argc, char **argv) {
             return EXIT_USAGE;
         }
     }
-    MPI_Init(NULL, NULL);
     int rank, world;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    mome_log_set_rank(rank, world);
+    mpi_start(&rank, &world);
     mome_set_threads(0);
     if (experts) {
         const int rc = eval_experts(experts, data_dir, router, windows, rank, world);
@@ -591,11 +593,8 @@ static int cmd_analyze(int argc, char **argv) {
             return EXIT_USAGE;
         }
     }
-    MPI_Init(NULL, NULL);
     int rank, world;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    mome_log_set_rank(rank, world);
+    mpi_start(&rank, &world);
     mome_set_threads(0);
     /* refuse a dense model, a single expert or a modular student before opening the corpus */
     char path[1100];
@@ -760,11 +759,8 @@ static int cmd_bench(int argc, char **argv) {
         }
         i++;
     }
-    MPI_Init(NULL, NULL);
     int rank, world;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    mome_log_set_rank(rank, world);
+    mpi_start(&rank, &world);
     set_rank_threads((int)threads);
     int rc = mome_bench_run(&o, MPI_COMM_WORLD, stdout);
     int code = 0;
