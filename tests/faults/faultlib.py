@@ -199,6 +199,18 @@ def wait_exit(p, limit):
     return rc, time.monotonic() - t0
 
 
+def await_end(p, t, limit=120):
+    """After a fault: waits up to `limit` s for the job to end, records the time in t.stop_s, and kills the group
+    if it is still running (else closes its log). Returns (exit code or None, seconds)."""
+    rc, secs = wait_exit(p, limit)
+    t.stop_s = secs
+    if rc is None:
+        kill_group(p)
+    else:
+        p.logfile.close()
+    return rc, secs
+
+
 def kill_group(p):
     """Ends a started run and everything it started (its own session)."""
     try:

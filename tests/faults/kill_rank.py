@@ -56,12 +56,7 @@ def kill_and_resume(ctx, t, world, victim, trigger, label, extra=(), delay=0.0, 
         time.sleep(delay)
     at = fl.last_step(log)
     os.kill(pids[victim], sig)
-    rc, secs = fl.wait_exit(p, 120)
-    t.stop_s = secs
-    if rc is None:
-        fl.kill_group(p)
-    else:
-        p.logfile.close()
+    rc, secs = fl.await_end(p, t)
     left = fl.wait_for(lambda: not fl.leftovers(tag), 10) or fl.leftovers(tag)
     ck = fl.latest_step(ckdir)
     want = expected_start(ckdir)

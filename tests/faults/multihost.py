@@ -139,12 +139,7 @@ def trial(ctx, t, hosts):
         return
     at = fl.last_step(log)
     hosts.link(False)
-    rc, secs = fl.wait_exit(p, 120)
-    t.stop_s = secs
-    if rc is None:
-        fl.kill_group(p)
-    else:
-        p.logfile.close()
+    rc, secs = fl.await_end(p, t)
     left = fl.wait_for(lambda: not fl.leftovers(tag), 15) or fl.leftovers(tag)
     for pid in (left if left is not True else {}).values():  # do not leave them spinning
         try:

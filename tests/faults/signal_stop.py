@@ -44,12 +44,7 @@ def trial(ctx, t):
     # mpirun is the child of `timeout`, the process group leader
     pid = pids[victim] if target == "rank" else int(open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()[0])
     os.kill(pid, sig)
-    rc, secs = fl.wait_exit(p, 120)
-    t.stop_s = secs
-    if rc is None:
-        fl.kill_group(p)
-    else:
-        p.logfile.close()
+    rc, secs = fl.await_end(p, t)
     text = fl.read(log)
     m = re.search(r"signal (\d+) received: checkpointing at step (\d+)", text)
     stop = int(m.group(2)) if m else None
