@@ -98,8 +98,9 @@ static const field schema[] = {
      "with nonfinite = skip, this many non-finite steps in a row stop the run as nonfinite = stop would (exit "
      "76); 0: no limit"},
     {"train", "watchdog", T_INT, F(train, watchdog), "1800", 0, 604800,
-     "seconds a rank may spend on one step, evaluation or checkpoint; past that it prints where it was and exits "
-     "with code 77, which ends the job (a hung rank or network would otherwise keep every rank waiting); 0: off"},
+     "seconds a rank may spend on one step, evaluation, checkpoint or stage of the start-up; past that it prints "
+     "where it was and exits with code 77, which ends the job (a hung rank, network or file system would otherwise "
+     "keep every rank waiting); 0: off"},
 
     {"data", "dir", T_STR, F(data, dir), "data/default", 0, 0, "corpus directory written by `mome data build`"},
     {"data", "domains", T_STR, F(data, domains), "", 0, 0,

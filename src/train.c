@@ -811,10 +811,11 @@ static int run_eval_now(trainer *tr, mome_eval_result *r, int all_variants) {
     return rc;
 }
 
-static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
+static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm, mome_watchdog *wd) {
     memset(tr, 0, sizeof *tr);
     tr->cfg = cfg;
     tr->comm = comm;
+    tr->wd = wd;
     MPI_Comm_rank(comm, &tr->rank);
     MPI_Comm_size(comm, &tr->world);
     tr->T = cfg->model.seq_len;
@@ -835,6 +836,7 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
     if (rc == MOME_OK && tr->modular) rc = mome_modular_routing_open(cfg, &tr->ds, &tr->sr, &tr->routing);
     rc = agree(rc, comm);
     if (rc) return rc;
+    mome_watchdog_tick(tr->wd, 0, "the start-up (building the model)");
     const int n_experts = tr->modular ? tr->sr.n_trunks : cfg->moe.n_experts;
     rc = mome_parallel_init(&tr->par, comm, cfg->parallel.ep, n_experts);
     if (rc) return rc;
@@ -877,6 +879,7 @@ static int trainer_setup(trainer *tr, const mome_config *cfg, MPI_Comm comm) {
         tr->n_dense = tr->model.n_dense;
     }
     mome_table_with_experts(tr->table, n_experts, &tr->full_table);
+    mome_watchdog_tick(tr->wd, 0, "the start-up (loading the teacher)");
     rc = mome_distill_init(&tr->kd, cfg, tr->ds.tokenizer_hash, tr->ds.vocab_size, tr->B_local, tr->T, comm);
     if (rc) return rc;
     tr->schedule = strcmp(cfg->kd.schedule, "alternating") == 0 ? MOME_KD_ALTERNATING : MOME_KD_COMBINED;
@@ -1123,6 +1126,7 @@ static int trainer_resume(trainer *tr) {
         if (*next) *next++ = 0;
         if (!*path) continue;
         loaded_ckpt L;
+        mome_watchdog_tick(tr->wd, 0, "the start-up (reading a checkpoint to resume from)");
         int mine = resume_read(tr, path, &L);
         tried++;
         /* [any rank failed, any rank failed for a reason other than damage] */
@@ -1194,8 +1198,18 @@ static int run_eval(trainer *tr, mome_eval_result *r, int all_variants) {
 }
 
 int mome_train(const mome_config *cfg, MPI_Comm comm) {
+    /* The watchdog covers the start-up too: a rank stuck reading the data, the teacher or a checkpoint (a hung
+     * network file system) would otherwise hold the allocation as long as one stuck in a collective. */
+    mome_watchdog *wd = NULL;
+    if (cfg->train.watchdog > 0) {
+        int rank;
+        MPI_Comm_rank(comm, &rank);
+        wd = mome_watchdog_start(cfg->train.watchdog, rank);
+        if (!wd) MOME_FATAL("%s", mome_error_message());
+        mome_watchdog_tick(wd, 0, "the start-up (opening the data)");
+    }
     trainer tr;
-    int rc = agree(trainer_setup(&tr, cfg, comm), comm);
+    int rc = agree(trainer_setup(&tr, cfg, comm, wd), comm);
     if (rc == MOME_OK && tr.rank == 0) {
         char sub[700];
         snprintf(sub, sizeof sub, "%s/teacher_router", tr.ckpt_dir);
@@ -1203,9 +1217,11 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
         remove_stale_temporaries(sub);
     }
     if (rc == MOME_OK) rc = agree(trainer_resume(&tr), comm);
+    mome_watchdog_tick(wd, tr.step, "the start-up (opening the monitor stream)");
     if (rc == MOME_OK && tr.rank == 0) rc = open_monitor(&tr);
     rc = agree(rc, comm);
     if (rc) {
+        mome_watchdog_stop(wd);
         trainer_free(&tr);
         return rc;
     }
@@ -1236,10 +1252,6 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGUSR1, &sa, &old_usr1);
     stop_signal = 0;
-    if (cfg->train.watchdog > 0) {
-        tr.wd = mome_watchdog_start(cfg->train.watchdog, tr.rank);
-        if (!tr.wd) MOME_FATAL("%s", mome_error_message());
-    }
 
     mome_eval_result before = {0}, after = {0};
     int have_before = 0;

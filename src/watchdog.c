@@ -45,8 +45,9 @@ static void *watch(void *arg) {
             char msg[512];
             const int n = snprintf(msg, sizeof msg,
                                    "mome: error: rank %d: no progress for %.1f s (train.watchdog = %.0f) in %s at step "
-                                   "%ld: another rank or the network is stuck; ending this rank (exit %d) so that "
-                                   "the job ends; train.resume=auto continues from the last checkpoint\n",
+                                   "%ld: another rank, the network or a file system is stuck; ending this rank "
+                                   "(exit %d) so that the job ends; train.resume=auto continues from the last "
+                                   "checkpoint\n",
                                    w->rank, idle, w->timeout, atomic_load(&w->phase), atomic_load(&w->step),
                                    MOME_EXIT_WATCHDOG);
             if (n > 0) {

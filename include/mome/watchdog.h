@@ -2,7 +2,9 @@
  *
  * A rank blocked in a collective because another rank stopped (a hung process, a data network that drops
  * packets while the launcher's connections stay up) would otherwise wait forever: MPI has no timeout. Each rank
- * runs a watchdog thread; the training loop ticks it at every step, evaluation and checkpoint. If no tick comes
+ * runs a watchdog thread from the start of mome_train; the start-up ticks it at each stage (data, model, teacher,
+ * each checkpoint tried for resume, monitor) and the training loop at every step, evaluation and checkpoint, so
+ * a rank stuck reading a file (a hung network file system) is caught as well. If no tick comes
  * for timeout seconds, the thread prints what the rank was doing and since when, and ends the process with
  * MOME_EXIT_WATCHDOG; the launcher (mpirun, srun) then ends the whole job. The last complete checkpoint is what a
  * restart with train.resume=auto continues from.
