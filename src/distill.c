@@ -675,10 +675,8 @@ int mome_teacher_cache_write(const mome_config *cfg) {
     }
     mome_free(buf);
     mome_free(inp);
-    if (f >= 0 && H5Fclose(f) < 0 && !rc) rc = mome_error_set(MOME_EIO, "%s: closing failed", tmp);
-    if (rc == MOME_OK && rename(tmp, path) != 0) rc = mome_error_set(MOME_EIO, "%s: rename to %s failed", tmp, path);
-    if (rc) unlink(tmp);
-    else
+    rc = mome_h5_close_into_place(f, tmp, path, rc);
+    if (rc == MOME_OK)
         mome_info("teacher cache written: %s (%llu positions, top-%d, %.1f MB)", path, (unsigned long long)total_rows,
                   k, (double)total_rows * (8.0 * k + 4) / 1e6);
     mome_distill_free(&d);

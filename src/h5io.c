@@ -25,6 +25,7 @@
 
 #include "mome/common.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -617,4 +618,16 @@ hid_t mome_h5_create(const char *path) {
     }
     H5Pclose(fapl);
     return f;
+}
+
+int mome_h5_close_into_place(hid_t f, const char *tmp, const char *path, int rc) {
+    if (f >= 0 && H5Fclose(f) < 0 && rc == MOME_OK) rc = mome_error_set(MOME_EIO, "%s: closing the file failed", tmp);
+    if (rc == MOME_OK && rename(tmp, path) != 0)
+        rc = mome_error_set(MOME_EIO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
+    if (rc) {
+        unlink(tmp);
+        return rc;
+    }
+    mome_fsync_parent(path);
+    return MOME_OK;
 }

@@ -563,14 +563,8 @@ int mome_router_save(const mome_router *r, const char *path) {
     if (!rc) rc = mome_h5_write_f32(f, "weights", r->weights, 2, dw);
     if (!rc) rc = mome_h5_write_f32(f, "bias", r->bias, 1, dk);
     mome_free(lab);
-    if (H5Fclose(f) < 0 && !rc) rc = mome_error_set(MOME_EIO, "%s: closing the file failed", tmp);
-    if (!rc && rename(tmp, path) != 0) rc = mome_error_set(MOME_EIO, "%s: cannot rename %s into place", path, tmp);
-    if (rc) {
-        unlink(tmp);
-        return mome_error_wrap(rc, "saving router %s", path);
-    }
-    mome_fsync_parent(path); /* best effort, as before: the file itself is complete */
-    return MOME_OK;
+    rc = mome_h5_close_into_place(f, tmp, path, rc);
+    return rc ? mome_error_wrap(rc, "saving router %s", path) : MOME_OK;
 }
 
 static int get_i64_in(hid_t f, const char *path, const char *name, int64_t lo, int64_t hi, int64_t *v) {

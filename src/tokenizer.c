@@ -715,14 +715,8 @@ int mome_tokenizer_save(const mome_tokenizer *tok, const char *path) {
     if (!rc) rc = mome_h5_attr_set_str(f, "pretokenizer", PRETOKENIZER);
     hsize_t dims[2] = {tok->n_merges, 2};
     if (!rc) rc = mome_h5_write_u32(f, "merges", tok->merges, 2, dims);
-    if (H5Fclose(f) < 0 && !rc) rc = mome_error_set(MOME_EIO, "%s: closing the file failed", tmp);
-    if (!rc && rename(tmp, path) != 0) rc = mome_error_set(MOME_EIO, "%s: cannot rename %s into place", path, tmp);
-    if (rc) {
-        unlink(tmp);
-        return mome_error_wrap(rc, "saving tokenizer %s", path);
-    }
-    mome_fsync_parent(path); /* best effort, as before: the file itself is complete */
-    return MOME_OK;
+    rc = mome_h5_close_into_place(f, tmp, path, rc);
+    return rc ? mome_error_wrap(rc, "saving tokenizer %s", path) : MOME_OK;
 }
 
 int mome_tokenizer_load(mome_tokenizer **out, const char *path) {

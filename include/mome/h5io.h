@@ -60,4 +60,9 @@ int mome_h5_attr_get_f64(hid_t loc, const char *name, double *value);
 hid_t mome_h5_open_read(const char *path);
 hid_t mome_h5_create(const char *path);
 
+/* Ends the writing of a file created as tmp (mome_h5_create), so that path is either what it was or the whole new
+ * file: closes f (if >= 0) and, when rc is MOME_OK, renames tmp over path and syncs path's directory (best effort:
+ * the file itself is complete). On any failure tmp is removed. Returns rc, or the close or rename error. */
+int mome_h5_close_into_place(hid_t f, const char *tmp, const char *path, int rc);
+
 #endif
