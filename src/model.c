@@ -626,33 +626,6 @@ static void check_call(const mome_gpt *m, const int32_t *inputs, int B, int T) {
 
 /* ---------------------------------------------------------------------------------- parallel MoE layer */
 
-/* Redoes the admission of a plan whose experts are chosen: assignment j (in token, slot order) of this rank to
- * expert e is kept iff before[e] + j < capacity (capacity 0: all kept), so admission follows the global
- * (rank, token, slot) order when before[e] counts the assignments of the lower ranks. */
-static void replan(mome_moe_plan *pl, size_t capacity, const int64_t *before) {
-    const int E = pl->E, k = pl->k;
-    const size_t nk = pl->N * (size_t)k;
-    pl->capacity = capacity;
-    memset(pl->counts, 0, (size_t)E * sizeof *pl->counts);
-    for (size_t i = 0; i < nk; i++) {
-        const int e = pl->expert[i];
-        if (capacity == 0 || (size_t)before[e] + pl->counts[e] < capacity)
-            pl->pos[i] = (int64_t)pl->counts[e]++;
-        else
-            pl->pos[i] = -1;
-    }
-    pl->offsets[0] = 0;
-    for (int e = 0; e < E; e++) pl->offsets[e + 1] = pl->offsets[e] + pl->counts[e];
-    pl->n_rows = pl->offsets[E];
-    pl->n_dropped = nk - pl->n_rows;
-    for (size_t i = 0; i < nk; i++) {
-        if (pl->pos[i] < 0) continue;
-        pl->pos[i] += (int64_t)pl->offsets[pl->expert[i]];
-        pl->row_token[pl->pos[i]] = (int32_t)(i / (size_t)k);
-        pl->row_slot[pl->pos[i]] = (int32_t)(i % (size_t)k);
-    }
-}
-
 static void mpi_ok(int e, const char *what) { MOME_CHECK(e == MPI_SUCCESS, "gpt: %s failed (MPI error %d)", what, e); }
 
 /* Routes x (N, C) with the statistics of the global token set of dp_comm (see mome_gpt_set_parallel). */
@@ -682,7 +655,7 @@ static void route_global(mome_gpt *m, mome_moe *moe, const float *x, size_t N) {
     if (rank == 0) memset(a->before, 0, (size_t)E * sizeof *a->before); /* Exscan leaves rank 0 undefined */
     const double Ng = red[0], nk = Ng * k;
     const size_t capacity = mome_moe_gate_capacity(moe, (size_t)Ng); /* 0 (dropless) in ALL and KA mode */
-    replan(pl, capacity, a->before);
+    mome_moe_plan_admit(pl, capacity, a->before);
     double aux = 0.0, dropped = 0.0;
     for (int e = 0; e < E; e++) {
         moe->load[e] = nk > 0 ? red[1 + e] / nk : 0.0;

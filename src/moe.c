@@ -359,26 +359,9 @@ void mome_moe_route(mome_moe *m, const float *x, size_t N) {
 
     /* dispatch plan: routed counts, capacity admission in (token, slot) order, offsets, grouped rows */
     memset(pl->routed, 0, (size_t)E * sizeof *pl->routed);
-    memset(pl->counts, 0, (size_t)E * sizeof *pl->counts);
     const size_t nk = N * (size_t)k;
-    for (size_t i = 0; i < nk; i++) {
-        const int e = pl->expert[i];
-        pl->routed[e]++;
-        if (pl->capacity == 0 || pl->counts[e] < pl->capacity)
-            pl->pos[i] = (int64_t)pl->counts[e]++; /* rank within expert e for now */
-        else
-            pl->pos[i] = -1;
-    }
-    pl->offsets[0] = 0;
-    for (int e = 0; e < E; e++) pl->offsets[e + 1] = pl->offsets[e] + pl->counts[e];
-    pl->n_rows = pl->offsets[E];
-    pl->n_dropped = nk - pl->n_rows;
-    for (size_t i = 0; i < nk; i++) {
-        if (pl->pos[i] < 0) continue;
-        pl->pos[i] += (int64_t)pl->offsets[pl->expert[i]];
-        pl->row_token[pl->pos[i]] = (int32_t)(i / (size_t)k);
-        pl->row_slot[pl->pos[i]] = (int32_t)(i % (size_t)k);
-    }
+    for (size_t i = 0; i < nk; i++) pl->routed[pl->expert[i]]++;
+    mome_moe_plan_admit(pl, pl->capacity, NULL);
 
     /* losses and statistics: f_e (load), P_e (mean prob), aux, z */
     for (int e = 0; e < E; e++) {
@@ -404,6 +387,31 @@ void mome_moe_route(mome_moe *m, const float *x, size_t N) {
     st->n_dropped = pl->n_dropped;
     st->dropped_frac = nk ? (double)pl->n_dropped / (double)nk : 0.0;
     st->capacity = pl->capacity;
+}
+
+void mome_moe_plan_admit(mome_moe_plan *pl, size_t capacity, const int64_t *before) {
+    const int E = pl->E, k = pl->k;
+    const size_t nk = pl->N * (size_t)k;
+    pl->capacity = capacity;
+    memset(pl->counts, 0, (size_t)E * sizeof *pl->counts);
+    for (size_t i = 0; i < nk; i++) {
+        const int e = pl->expert[i];
+        const size_t earlier = before ? (size_t)before[e] : 0;
+        if (capacity == 0 || earlier + pl->counts[e] < capacity)
+            pl->pos[i] = (int64_t)pl->counts[e]++; /* rank within expert e for now */
+        else
+            pl->pos[i] = -1;
+    }
+    pl->offsets[0] = 0;
+    for (int e = 0; e < E; e++) pl->offsets[e + 1] = pl->offsets[e] + pl->counts[e];
+    pl->n_rows = pl->offsets[E];
+    pl->n_dropped = nk - pl->n_rows;
+    for (size_t i = 0; i < nk; i++) {
+        if (pl->pos[i] < 0) continue;
+        pl->pos[i] += (int64_t)pl->offsets[pl->expert[i]];
+        pl->row_token[pl->pos[i]] = (int32_t)(i / (size_t)k);
+        pl->row_slot[pl->pos[i]] = (int32_t)(i % (size_t)k);
+    }
 }
 
 void mome_moe_route_backward(mome_moe *m, float *dx, float *dgate_w, const float *dweight, const float *x,

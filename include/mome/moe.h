@@ -229,6 +229,10 @@ void mome_moe_backward(mome_moe *m, float *dx, const float *dy, const float *x, 
  * (N rows), m->plan (plan.k = the mode's slots) and m->stats (aux and z-loss values, counts, load, dropped
  * fraction). */
 void mome_moe_route(mome_moe *m, const float *x, size_t N);
+/* Admission, row order and offsets of a plan whose experts (plan.expert) are chosen: assignment j (in token,
+ * slot order) of expert e is kept iff before[e] + j < capacity (capacity 0: all kept; before NULL: zeros). With
+ * before[e] counting the assignments of lower ranks, admission follows the global (rank, token, slot) order. */
+void mome_moe_plan_admit(mome_moe_plan *pl, size_t capacity, const int64_t *before);
 /* Gate backward. dweight (N, plan.k) is d(loss)/d(plan.weight) (0 for dropped slots); adds
  * grad_scale * (aux_coef * d aux + z_coef * d z). dgate_w (E, C) += ..., dx (N, C) += ...; dx may be NULL.
  * Uses m->dlogits as scratch. */
