@@ -631,3 +631,16 @@ int mome_h5_close_into_place(hid_t f, const char *tmp, const char *path, int rc)
     mome_fsync_parent(path);
     return MOME_OK;
 }
+
+int mome_h5_check_format(hid_t f, const char *path, const char *name, int64_t version) {
+    char fmt[64] = "";
+    int64_t v = 0;
+    int rc = mome_h5_attr_get_str(f, "format", fmt, sizeof fmt);
+    if (!rc && strcmp(fmt, name) != 0)
+        rc = mome_error_set(MOME_EFORMAT, "%s: format is \"%s\", expected \"%s\"", path, fmt, name);
+    if (!rc) rc = mome_h5_attr_get_i64(f, "format_version", &v);
+    if (!rc && v != version)
+        rc = mome_error_set(MOME_EFORMAT, "%s: format_version %lld, this build reads %lld", path, (long long)v,
+                            (long long)version);
+    return rc;
+}

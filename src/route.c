@@ -583,17 +583,11 @@ int mome_router_open(mome_router **out, const char *path) {
     if (stat(path, &st) != 0) return mome_error_set(MOME_EIO, "%s: cannot open router: %s", path, strerror(errno));
     hid_t f = mome_h5_open_read(path);
     if (f < 0) return mome_error_wrap(MOME_EFORMAT, "opening router");
-    char fmt[64] = "", kind_s[16] = "", feat[128] = "", seed_hex[32] = "", chash[32] = "";
-    int64_t version = 0, ncls = 0, buckets = 0, nmin = 0, nmax = 0;
+    char kind_s[16] = "", feat[128] = "", seed_hex[32] = "", chash[32] = "";
+    int64_t ncls = 0, buckets = 0, nmin = 0, nmax = 0;
     mome_router *r = NULL;
     char *lab = NULL;
-    int rc = mome_h5_attr_get_str(f, "format", fmt, sizeof fmt);
-    if (!rc && strcmp(fmt, FORMAT_NAME) != 0)
-        rc = mome_error_set(MOME_EFORMAT, "%s: format is \"%s\", expected \"%s\"", path, fmt, FORMAT_NAME);
-    if (!rc) rc = mome_h5_attr_get_i64(f, "format_version", &version);
-    if (!rc && version != FORMAT_VERSION)
-        rc = mome_error_set(MOME_EFORMAT, "%s: format_version %lld, this build reads %d", path, (long long)version,
-                            FORMAT_VERSION);
+    int rc = mome_h5_check_format(f, path, FORMAT_NAME, FORMAT_VERSION);
     if (!rc) rc = mome_h5_attr_get_str(f, "features", feat, sizeof feat);
     if (!rc && strcmp(feat, FEATURES) != 0)
         rc = mome_error_set(MOME_EMISMATCH, "%s: features \"%s\", this build computes \"%s\"", path, feat, FEATURES);

@@ -724,16 +724,10 @@ int mome_tokenizer_load(mome_tokenizer **out, const char *path) {
     mome_h5_quiet();
     hid_t f = mome_h5_open_read(path);
     if (f < 0) return mome_error_wrap(MOME_EIO, "loading tokenizer");
-    char fmt[64] = "", hash[32] = "", pre[64] = "";
-    int64_t version = 0, vocab = 0, bos = -1, eos = -1;
+    char hash[32] = "", pre[64] = "";
+    int64_t vocab = 0, bos = -1, eos = -1;
     uint32_t *merges = NULL;
-    int rc = mome_h5_attr_get_str(f, "format", fmt, sizeof fmt);
-    if (!rc && strcmp(fmt, FORMAT_NAME) != 0)
-        rc = mome_error_set(MOME_EFORMAT, "%s: format is \"%s\", expected \"%s\"", path, fmt, FORMAT_NAME);
-    if (!rc) rc = mome_h5_attr_get_i64(f, "format_version", &version);
-    if (!rc && version != FORMAT_VERSION)
-        rc = mome_error_set(MOME_EFORMAT, "%s: format_version %lld, this build reads %d", path, (long long)version,
-                            FORMAT_VERSION);
+    int rc = mome_h5_check_format(f, path, FORMAT_NAME, FORMAT_VERSION);
     if (!rc) rc = mome_h5_attr_get_i64(f, "vocab_size", &vocab);
     if (!rc && (vocab < MOME_TOK_FIRST_MERGE || vocab > 65536))
         rc = mome_error_set(MOME_EFORMAT, "%s: vocab_size %lld outside [%d, 65536]", path, (long long)vocab,

@@ -60,6 +60,10 @@ int mome_h5_attr_get_f64(hid_t loc, const char *name, double *value);
 hid_t mome_h5_open_read(const char *path);
 hid_t mome_h5_create(const char *path);
 
+/* The attributes `format` (must be `name`) and `format_version` (must be `version`) of a mome file; MOME_EFORMAT
+ * naming path and what it found otherwise (a tokenizer given where a router is expected, a newer file). */
+int mome_h5_check_format(hid_t f, const char *path, const char *name, int64_t version);
+
 /* Ends the writing of a file created as tmp (mome_h5_create), so that path is either what it was or the whole new
  * file: closes f (if >= 0) and, when rc is MOME_OK, renames tmp over path and syncs path's directory (best effort:
  * the file itself is complete). On any failure tmp is removed. Returns rc, or the close or rename error. */
