@@ -1,10 +1,10 @@
 /* generate.c — sampling a continuation from a model (temperature, top-k), deterministic for a seed: one prompt
  * for `mome generate`, or a batch of rows for on-policy distillation (kd.on_policy).
  *
- * Each new token reruns the forward pass over the (cropped) context; the models mome trains on CPUs are small
- * and prompts short, so a KV cache is not worth its complexity here. For on-policy rows that makes sampling g
- * tokens after a prefix of p cost about g forwards of length p + g/2, paid on the micro-batches the student
- * writes (docs/distillation.md gives the measured cost).
+ * `mome generate` reruns the forward pass over the (cropped) context for each new token: it is the plain
+ * reference, and a context longer than seq_len slides, which a cache of learned positions cannot follow. The
+ * on-policy rows use the model's key/value cache (mome_gpt_kv): one forward over the prefixes, then one row per
+ * sequence for each sampled position (docs/distillation.md gives the measured cost).
  */
 #include <math.h>
 #include <string.h>
@@ -100,19 +100,31 @@ int mome_generate_rows(mome_gpt *m, int32_t *rows, int B, int T, int from, float
     if (from < 1 || from > T || B < 1)
         return mome_error_set(MOME_EINVAL, "generate: rows of %d tokens cannot be continued from position %d", T,
                               from);
-    int32_t *ctx = mome_malloc((size_t)B * (size_t)T * sizeof *ctx); /* (B, t): the forward wants them packed */
+    if (from == T) return MOME_OK;
+    mome_gpt_kv *kv = mome_gpt_kv_new(m, B, T);
+    if (!kv) return mome_error_wrap(MOME_EINVAL, "generate");
+    int32_t *ctx = mome_malloc((size_t)B * (size_t)from * sizeof *ctx); /* (B, from): the forward wants them packed */
+    int32_t *tok = mome_malloc((size_t)B * sizeof *tok);
     float *probs = mome_malloc((size_t)V * sizeof *probs);
     mome_rng *rng = mome_malloc((size_t)B * sizeof *rng);
-    for (int b = 0; b < B; b++) mome_rng_stream(&rng[b], seed, counter, row_base + (uint64_t)b);
+    for (int b = 0; b < B; b++) {
+        mome_rng_stream(&rng[b], seed, counter, row_base + (uint64_t)b);
+        memcpy(ctx + (size_t)b * from, rows + (size_t)b * T, (size_t)from * sizeof *ctx);
+    }
+    mome_gpt_kv_prefill(m, kv, ctx, from);
     for (int t = from; t < T; t++) {
-        for (int b = 0; b < B; b++) memcpy(ctx + (size_t)b * t, rows + (size_t)b * T, (size_t)t * sizeof *ctx);
-        mome_gpt_forward(m, ctx, B, t);
-        for (int b = 0; b < B; b++)
-            rows[(size_t)b * T + t] =
-                pick_token(m->logits + ((size_t)b * t + (size_t)(t - 1)) * V, V, temperature, 0, probs, &rng[b]);
+        for (int b = 0; b < B; b++) {
+            /* the logits of position t - 1: the prefix's last after the prefill, then one row per sequence */
+            const size_t row = t == from ? (size_t)b * from + (size_t)(from - 1) : (size_t)b;
+            const float *lg = m->logits + row * V;
+            tok[b] = rows[(size_t)b * T + t] = pick_token(lg, V, temperature, 0, probs, &rng[b]);
+        }
+        if (t + 1 < T) mome_gpt_kv_step(m, kv, tok);
     }
     mome_free(rng);
     mome_free(probs);
+    mome_free(tok);
     mome_free(ctx);
+    mome_gpt_kv_free(kv);
     return MOME_OK;
 }

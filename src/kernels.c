@@ -312,6 +312,31 @@ void mome_attention_forward(float *out, float *att, const float *qkv, int B, int
     blas_single_end(saved);
 }
 
+void mome_attention_step(float *out, float *att, const float *q, int q_stride, const float *kv, int B, int T_cap,
+                         int n, int C, int NH) {
+    MOME_CHECK(NH > 0 && C % NH == 0, "attention step: C=%d not divisible by NH=%d", C, NH);
+    MOME_CHECK(n >= 1 && n <= T_cap, "attention step: %d positions, the cache holds %d", n, T_cap);
+    const int hs = C / NH, C2 = 2 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * NH; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        const float *qh = q + (size_t)b * (size_t)q_stride + (size_t)h * hs;
+        const float *k = kv + (size_t)b * (size_t)T_cap * C2 + (size_t)h * hs; /* position j: k + j * 2C */
+        float *s = att + (size_t)bh * (size_t)n;
+        for (int j = 0; j < n; j++) s[j] = (float)vm_dot(qh, k + (size_t)j * C2, hs) * scale;
+        const float mx = vm_max(s, n);
+        for (int j = 0; j < n; j++) s[j] = vm_expf(s[j] - mx);
+        const float inv = (float)(1.0 / vm_sum(s, n));
+        float *o = out + (size_t)b * C + (size_t)h * hs;
+        memset(o, 0, (size_t)hs * sizeof *o);
+        for (int j = 0; j < n; j++) {
+            const float w = s[j] * inv, *v = k + (size_t)j * C2 + C;
+            for (int i = 0; i < hs; i++) o[i] += w * v[i];
+        }
+    }
+}
+
 void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const float *dout, const float *qkv,
                              const float *att, int B, int T, int C, int NH) {
     // dqkv is (B,T,3C), scratch is (n_scratch,T,T), dout is (B,T,C), qkv is (B,T,3C), att is (B,NH,T,T)

@@ -848,6 +848,104 @@ void mome_gpt_forward(mome_gpt *m, const int32_t *inputs, int B, int T) {
     }
 }
 
+/* ---------------------------------------------------------------------------------- incremental decoding */
+
+struct mome_gpt_kv {
+    int B, T, n; /* sequences, positions it can hold, positions cached */
+    float *kv;   /* (L, B, T, 2C): [k | v] of each position of each layer */
+    float *att;  /* (B * NH, T): one step's attention weights */
+};
+
+mome_gpt_kv *mome_gpt_kv_new(const mome_gpt *m, int B, int T) {
+    if (!m->acts || m->inference || B < 1 || T < 1 || B > m->max_B || T > m->max_T) {
+        mome_error_set(MOME_EINVAL, "gpt kv cache: needs a training-mode model reserved for %d x %d (it has %d x %d%s)",
+                       B, T, m->max_B, m->max_T, m->inference ? ", inference mode" : "");
+        return NULL;
+    }
+    mome_gpt_kv *kv = mome_calloc(1, sizeof *kv);
+    kv->B = B;
+    kv->T = T;
+    const size_t C = (size_t)m->cfg.d_model;
+    kv->kv = mome_malloc((size_t)m->cfg.n_layer * (size_t)B * (size_t)T * 2 * C * sizeof(float));
+    kv->att = mome_malloc((size_t)B * (size_t)m->cfg.n_head * (size_t)T * sizeof(float));
+    return kv;
+}
+
+void mome_gpt_kv_free(mome_gpt_kv *kv) {
+    if (!kv) return;
+    mome_free(kv->kv);
+    mome_free(kv->att);
+    mome_free(kv);
+}
+
+/* Keys and values of sequence b, position t, layer l in the cache. */
+static float *kv_at(const mome_gpt *m, const mome_gpt_kv *kv, int l, int b, int t) {
+    const size_t C2 = 2 * (size_t)m->cfg.d_model;
+    return kv->kv + (((size_t)l * (size_t)kv->B + (size_t)b) * (size_t)kv->T + (size_t)t) * C2;
+}
+
+void mome_gpt_kv_prefill(mome_gpt *m, mome_gpt_kv *kv, const int32_t *rows, int n) {
+    MOME_CHECK(n >= 1 && n <= kv->T, "gpt kv prefill: %d positions, the cache holds %d", n, kv->T);
+    mome_gpt_forward(m, rows, kv->B, n);
+    const int C = m->cfg.d_model;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const float *qkv = block_acts(m, (size_t)l).qkv; /* (B, n, 3C): [q | k | v] */
+        for (int b = 0; b < kv->B; b++)
+            for (int t = 0; t < n; t++)
+                memcpy(kv_at(m, kv, l, b, t), qkv + ((size_t)b * n + t) * 3 * (size_t)C + C,
+                       2 * (size_t)C * sizeof(float));
+    }
+    kv->n = n;
+}
+
+void mome_gpt_kv_step(mome_gpt *m, mome_gpt_kv *kv, const int32_t *tok) {
+    const int B = kv->B, t = kv->n, L = m->cfg.n_layer, C = m->cfg.d_model, F = m->cfg.d_ff, NH = m->cfg.n_head;
+    const int V = m->cfg.vocab_size, E = m->cfg.n_experts;
+    MOME_CHECK(t >= 1 && t < kv->T, "gpt kv step: position %d outside [1, %d) (prefill first)", t, kv->T);
+    for (int b = 0; b < B; b++)
+        MOME_CHECK(tok[b] >= 0 && tok[b] < V, "gpt kv step: token %d of sequence %d outside [0, %d)", (int)tok[b], b,
+                   V);
+    const int par = E > 0 && (m->dp_global || m->ep);
+    mome_gpt_acts *a = m->acts;
+    const mome_block_scratch sc = block_scratch(m);
+    const mome_block_acts s = block_acts(m, 0); /* one row per sequence: layer 0's buffers serve every layer */
+    const layer_view p0 = view_of(m, m->params, 0);
+    const size_t BC = (size_t)B * (size_t)C;
+    mome_encoder_forward(a->encoded, tok, p0.wte, p0.wpe + (size_t)t * C, B, 1, C);
+    const float *x = a->encoded;
+    for (int l = 0; l < L; l++) {
+        const layer_view p = view_of(m, m->params, l);
+        mome_layernorm_forward(s.ln1, s.ln1_mean, s.ln1_rstd, x, p.ln1w, p.ln1b, (size_t)B, C);
+        mome_matmul_forward(s.qkv, s.ln1, p.qkvw, p.qkvb, (size_t)B, C, 3 * C);
+        for (int b = 0; b < B; b++)
+            memcpy(kv_at(m, kv, l, b, t), s.qkv + (size_t)b * 3 * C + C, 2 * (size_t)C * sizeof(float));
+        mome_attention_step(s.atty, kv->att, s.qkv, 3 * C, kv_at(m, kv, l, 0, 0), B, kv->T, t + 1, C, NH);
+        mome_matmul_forward(sc.proj, s.atty, p.attprojw, p.attprojb, (size_t)B, C, C);
+        mome_residual_forward(s.res2, x, sc.proj, BC);
+        mome_layernorm_forward(s.ln2, s.ln2_mean, s.ln2_rstd, s.res2, p.ln2w, p.ln2b, (size_t)B, C);
+        if (a->n_moe == 0) {
+            mome_matmul_forward(s.fch, s.ln2, p.fcw, p.fcb, (size_t)B, C, F);
+            mome_gelu_forward(s.fch_gelu, s.fch, (size_t)B * (size_t)F);
+            mome_matmul_forward(sc.proj, s.fch_gelu, p.fcprojw, p.fcprojb, (size_t)B, F, C);
+        } else {
+            mome_moe *moe = &a->moe[l];
+            moe->p = p.moe;
+            const float cf = moe->cfg.capacity_factor;
+            moe->cfg.capacity_factor = 0.0f; /* dropless */
+            if (par)
+                moe_forward_par(m, l, moe, sc.proj, s.ln2, (size_t)B);
+            else
+                mome_moe_forward(moe, sc.proj, s.ln2, (size_t)B);
+            moe->cfg.capacity_factor = cf;
+        }
+        mome_residual_forward(s.res3, s.res2, sc.proj, BC);
+        x = s.res3;
+    }
+    mome_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, x, p0.lnfw, p0.lnfb, (size_t)B, C);
+    mome_matmul_forward(m->logits, a->lnf, p0.wte, NULL, (size_t)B, C, V);
+    kv->n = t + 1;
+}
+
 void mome_gpt_backward(mome_gpt *m, const int32_t *inputs, int B, int T) {
     mome_gpt_backward_ex(m, inputs, B, T, 1.0f);
 }

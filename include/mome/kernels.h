@@ -56,6 +56,11 @@ void mome_attention_forward(float *out, float *att, const float *qkv, int B, int
  * (b,h) pairs are spread over min(n_scratch, threads) threads (n_scratch >= 1). */
 void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const float *dout, const float *qkv,
                              const float *att, int B, int T, int C, int NH);
+/* One new position per row against cached keys and values (incremental decoding): q (B) rows of stride q_stride
+ * hold each row's query (C channels); kv (B, T_cap, 2C) holds [k | v] of the row's positions 0..n-1 (the new one
+ * included). out (B, C) = softmax(q k^T / sqrt(hs)) v per head over those n positions; att (B*NH, n) scratch. */
+void mome_attention_step(float *out, float *att, const float *q, int q_stride, const float *kv, int B, int T_cap,
+                         int n, int C, int NH);
 /* Naive-loop references: same contract; the reference backward needs no scratch. */
 void mome_attention_forward_ref(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
 void mome_attention_backward_ref(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T,

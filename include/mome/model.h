@@ -183,6 +183,24 @@ void mome_gpt_set_parallel(mome_gpt *m, MPI_Comm dp_comm, mome_dispatch *ep);
  * Returns MOME_EINVAL for a dense model, MOME_ECONFIG for an invalid mode (model unchanged). */
 int mome_gpt_set_gate_mode(mome_gpt *m, const mome_moe_gate_mode *mode);
 
+/* Incremental decoding with a key/value cache (sampling continuations, generate.c): a forward over a prefix keeps
+ * every layer's keys and values, and each later position costs one row per sequence instead of a forward over
+ * the whole sequence again. Collective like mome_gpt_forward under mome_gpt_set_parallel (every rank makes the
+ * same calls). The sampled positions route through the MoE layers without capacity limits (dropless), as
+ * inference usually does; the prefix routes as in mome_gpt_forward. Uses the model's activation buffers: a
+ * forward or backward in between loses the cache's scratch, not its keys and values. Needs a model with
+ * per-layer activations (not mome_gpt_set_inference) reserved for at least B x T. */
+typedef struct mome_gpt_kv mome_gpt_kv;
+/* A cache for B sequences of up to T positions; NULL with the error set if the model cannot hold it. */
+mome_gpt_kv *mome_gpt_kv_new(const mome_gpt *m, int B, int T);
+void mome_gpt_kv_free(mome_gpt_kv *kv);
+/* mome_gpt_forward(m, rows, B, n) (rows (B, n), n <= T), keeping the keys and values of the n positions;
+ * m->logits as after that forward. */
+void mome_gpt_kv_prefill(mome_gpt *m, mome_gpt_kv *kv, const int32_t *rows, int n);
+/* Appends position n (the number of positions cached) with token tok[b] in sequence b; m->logits (B, V) then
+ * holds that position's logits, the distribution of the token after it. */
+void mome_gpt_kv_step(mome_gpt *m, mome_gpt_kv *kv, const int32_t *tok);
+
 /* Forward FLOPs per token of a training step's forward pass (matmuls and attention), for MFU. For an MoE model
  * only the active parameters count: the gate, top_k experts and the shared expert per token. */
 double mome_gpt_flops_per_token(const mome_gpt_config *cfg, int T);
