@@ -1,6 +1,6 @@
-/* check.h — assertion macros shared by the unit tests. Each test is one translation unit: a failed check
- * prints the file, the line, both values and the expectation, counts itself in `failures`, and the test goes on;
- * main returns non-zero when failures > 0. */
+/* check.h — assertion macros, numerical comparisons and finite differences shared by the unit tests. Each test is
+ * one translation unit: a failed check prints the file, the line, both values and the expectation, counts itself in
+ * `failures`, and the test goes on; main returns non-zero when failures > 0 (check_summary). */
 #ifndef MOME_TEST_CHECK_H
 #define MOME_TEST_CHECK_H
 
@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "mome/common.h"
+#include "mome/rng.h"
 
 static int failures = 0;
 
@@ -103,5 +104,49 @@ static inline double max_diff(const float *a, const float *b, size_t n) {
 }
 /* a against b, relative to the largest |b|. */
 #define COMPARE(what, a, b, n, tol) REPORT(what, max_diff(a, b, n), max_abs(b, n), tol)
+
+/* Finite differences: the central difference (S(x + h) - S(x - h)) / 2h of a scalar S = s(ctx) against the analytic
+ * gradient ana of n entries of x, every entry when n <= max_checks, else max_checks drawn from rng (x is restored
+ * after each). With skip non-NULL, *skip is cleared before each entry and an entry whose evaluations set it is
+ * skipped and counted: S is not differentiable there (a routing change). */
+typedef double (*fd_scalar_fn)(void *ctx);
+typedef struct {
+    size_t checks;  /* entries evaluated */
+    size_t skipped; /* of those, skipped */
+    double err;     /* max |num - ana| over the others (infinite when one is NaN) */
+} fd_result;
+
+static inline fd_result fd_central(fd_scalar_fn s, void *ctx, float *x, const float *ana, size_t n, float h,
+                                   size_t max_checks, mome_rng *rng, int *skip) {
+    fd_result r = {n < max_checks ? n : max_checks, 0, 0.0};
+    for (size_t c = 0; c < r.checks; c++) {
+        const size_t i = n <= max_checks ? c : (size_t)mome_rng_below(rng, n);
+        const float x0 = x[i];
+        if (skip) *skip = 0;
+        x[i] = x0 + h;
+        const double sp = s(ctx);
+        x[i] = x0 - h;
+        const double sm = s(ctx);
+        x[i] = x0;
+        if (skip && *skip) {
+            r.skipped++;
+            continue;
+        }
+        const double num = (sp - sm) / (2.0 * (double)h);
+        const double d = fabs(num - ana[i]);
+        r.err = isnan(d) ? INFINITY : fmax(r.err, d);
+    }
+    return r;
+}
+
+/* The end of main: the count of failed checks and exit status 1, or a line saying all passed and 0. */
+static inline int check_summary(const char *test) {
+    if (failures) {
+        fprintf(stderr, "%s: %d check(s) FAILED\n", test, failures);
+        return 1;
+    }
+    printf("%s: all checks passed\n", test);
+    return 0;
+}
 
 #endif

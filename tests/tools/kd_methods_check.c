@@ -28,6 +28,8 @@
 #include "mome/model.h"
 #include "mome/rng.h"
 
+#include "teacher.h"
+
 #define HASH "0123456789abcdef"
 #define TV 32
 #define TMAX 16
@@ -64,20 +66,9 @@ static double all_max(double x) {
 }
 
 static void write_teacher(const char *dir) {
-    mome_config c;
-    mome_config_defaults(&c);
-    c.model.vocab_size = TV;
-    c.model.seq_len = TMAX;
-    c.model.n_layer = 2;
-    c.model.n_head = 2;
-    c.model.d_model = 16;
-    c.model.d_ff = 24;
-    c.moe.n_experts = 4;
-    c.moe.top_k = 2;
-    c.moe.capacity_factor = 1.25f;
     mome_gpt_config mc = {.vocab_size = TV, .seq_len = TMAX, .n_layer = 2, .n_head = 2, .d_model = 16, .d_ff = 24,
-                          .n_experts = 4, .top_k = 2, .capacity_factor = 1.25f, .aux_coef = c.moe.aux_coef,
-                          .z_coef = c.moe.z_coef};
+                          .n_experts = 4, .top_k = 2, .capacity_factor = 1.25f};
+    const mome_config c = teacher_config(&mc);
     mome_gpt m;
     MOME_CHECK(mome_gpt_init(&m, &mc) == MOME_OK, "%s", mome_error_message());
     mome_gpt_init_weights(&m, 31);
@@ -87,13 +78,7 @@ static void write_teacher(const char *dir) {
         const int gi = mome_tensor_table_find(&m.table, scaled[s]);
         for (size_t i = 0; i < m.table.t[gi].numel; i++) m.params[m.table.t[gi].offset + i] *= by[s];
     }
-    char *text = mome_config_to_string(&c);
-    const uint64_t rs[4] = {1, 2, 3, 4}, cur = 0;
-    const mome_ckpt_save_args a = {.step = 1, .world_size = 1, .config_text = text, .tokenizer_hash = HASH,
-                                   .model_kind = "gpt", .table = &m.table, .params = m.params, .n_streams = 1,
-                                   .rng_states = rs, .data_cursors = &cur};
-    MOME_CHECK(mome_ckpt_save(dir, &a, 0, NULL, 0) == MOME_OK, "%s", mome_error_message());
-    mome_free(text);
+    MOME_CHECK(teacher_save(dir, &c, &m, HASH) == MOME_OK, "%s", mome_error_message());
     mome_gpt_free(&m);
 }
 

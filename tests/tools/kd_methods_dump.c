@@ -50,6 +50,7 @@
 #include "mome/kd.h"
 #include "mome/model.h"
 #include "mome/rng.h"
+#include "teacher.h"
 
 #define HASH "0123456789abcdef"
 #define V 48
@@ -95,21 +96,9 @@ static void scale_tensor(mome_gpt *m, const char *name, float by) {
 
 /* The teacher as a checkpoint in dir, and its parameters under teacher/params. */
 static void write_teacher(const char *dir) {
-    mome_config c;
-    mome_config_defaults(&c);
-    c.model.vocab_size = V;
-    c.model.seq_len = TMAX;
-    c.model.n_layer = NL;
-    c.model.n_head = NHEAD;
-    c.model.d_model = TC;
-    c.model.d_ff = TF;
-    c.moe.n_experts = TE;
-    c.moe.top_k = TK;
-    c.moe.capacity_factor = CAPACITY;
-    c.moe.shared_d_ff = TFS;
-    const mome_gpt_config mc = {.vocab_size = V, .seq_len = TMAX, .n_layer = NL, .n_head = NHEAD, .d_model = TC,
-                                .d_ff = TF, .n_experts = TE, .top_k = TK, .capacity_factor = CAPACITY,
-                                .shared_d_ff = TFS, .aux_coef = c.moe.aux_coef, .z_coef = c.moe.z_coef};
+    mome_gpt_config mc = {.vocab_size = V, .seq_len = TMAX, .n_layer = NL, .n_head = NHEAD, .d_model = TC, .d_ff = TF,
+                          .n_experts = TE, .top_k = TK, .capacity_factor = CAPACITY, .shared_d_ff = TFS};
+    const mome_config c = teacher_config(&mc);
     mome_gpt m;
     die_rc(mome_gpt_init(&m, &mc), "teacher init");
     mome_gpt_init_weights(&m, 4242);
@@ -121,13 +110,7 @@ static void write_teacher(const char *dir) {
     scale_tensor(&m, "wte", 8.0f);
     scale_tensor(&m, "blocks/gate_w", 12.0f);
     scale_tensor(&m, "blocks/experts_proj_w", 8.0f);
-    char *text = mome_config_to_string(&c);
-    const uint64_t rs[4] = {1, 2, 3, 4}, cur = 0;
-    const mome_ckpt_save_args a = {.step = 1, .world_size = 1, .config_text = text, .tokenizer_hash = HASH,
-                                   .model_kind = "gpt", .table = &m.table, .params = m.params, .n_streams = 1,
-                                   .rng_states = rs, .data_cursors = &cur};
-    die_rc(mome_ckpt_save(dir, &a, 0, NULL, 0), "teacher checkpoint");
-    mome_free(text);
+    die_rc(teacher_save(dir, &c, &m, HASH), "teacher checkpoint");
     const int64_t conf[11] = {V, TMAX, NL, NHEAD, TC, TF, TE, TK, TFS, BATCH, SEQ};
     const hsize_t d11 = 11;
     dump_write("config/teacher", H5T_NATIVE_INT64, 1, &d11, conf);

@@ -37,6 +37,7 @@
 #include "mome/train.h"
 
 #include "check.h"
+#include "teacher.h"
 
 #define HASH "0123456789abcdef"
 #define TV 32       /* vocabulary */
@@ -178,20 +179,9 @@ static void test_multi_kernel(void) {
 static void write_teacher(const char *name, int E, int top_k, float capacity, uint64_t seed, float gate_scale,
                           char *out, size_t cap) {
     snprintf(out, cap, "%s/%s", tmpdir, name);
-    mome_config c;
-    mome_config_defaults(&c);
-    c.model.vocab_size = TV;
-    c.model.seq_len = TMAX;
-    c.model.n_layer = 2;
-    c.model.n_head = 2;
-    c.model.d_model = 16;
-    c.model.d_ff = 24;
-    c.moe.n_experts = E;
-    c.moe.top_k = E > 0 ? top_k : 1;
-    c.moe.capacity_factor = capacity;
     mome_gpt_config mc = {.vocab_size = TV, .seq_len = TMAX, .n_layer = 2, .n_head = 2, .d_model = 16, .d_ff = 24,
-                          .n_experts = E, .top_k = E > 0 ? top_k : 0, .capacity_factor = capacity,
-                          .aux_coef = c.moe.aux_coef, .z_coef = c.moe.z_coef};
+                          .n_experts = E, .top_k = E > 0 ? top_k : 0, .capacity_factor = capacity};
+    const mome_config c = teacher_config(&mc);
     mome_gpt m;
     MOME_CHECK(mome_gpt_init(&m, &mc) == MOME_OK, "teacher init: %s", mome_error_message());
     mome_gpt_init_weights(&m, seed);
@@ -203,13 +193,7 @@ static void write_teacher(const char *name, int E, int top_k, float capacity, ui
         if (gi >= 0)
             for (size_t i = 0; i < m.table.t[gi].numel; i++) m.params[m.table.t[gi].offset + i] *= by[s];
     }
-    char *text = mome_config_to_string(&c);
-    const uint64_t rs[4] = {1, 2, 3, 4}, cur = 0;
-    const mome_ckpt_save_args a = {.step = 1, .world_size = 1, .config_text = text, .tokenizer_hash = HASH,
-                                   .model_kind = "gpt", .table = &m.table, .params = m.params, .n_streams = 1,
-                                   .rng_states = rs, .data_cursors = &cur};
-    MOME_CHECK(mome_ckpt_save(out, &a, 0, NULL, 0) == MOME_OK, "teacher save: %s", mome_error_message());
-    mome_free(text);
+    MOME_CHECK(teacher_save(out, &c, &m, HASH) == MOME_OK, "teacher save: %s", mome_error_message());
     mome_gpt_free(&m);
 }
 

@@ -22,13 +22,14 @@
 #include "mome/rng.h"
 #include "mome/tensor.h"
 
+#include "check.h"
+
 #define FD_H 1e-2f
 #define FD_TOL 1e-3    /* finite-difference relative error (float32 evaluation; measured ~1e-5) */
 #define REF_TOL 1e-5   /* sgemm kernel vs plain loop, relative to the largest reference value */
 #define ACC_TOL 1e-6   /* second backward call doubles the gradient */
 #define MAX_CHECKS 200 /* entries checked per tensor (all when the tensor is smaller) */
 
-static int failures = 0;
 static mome_rng rng;
 
 static float *rand_buf(size_t n, float scale) {
@@ -45,57 +46,13 @@ static double dot(const float *a, const float *b, size_t n) {
     return s;
 }
 
-static double max_abs(const float *a, size_t n) {
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
-    return m;
-}
-
-/* Reports a check: fails when err > tol. */
-static void report(const char *what, double err_abs, double scale, double tol, const char *file, int line) {
-    const double rel = err_abs / (scale > 1e-30 ? scale : 1e-30);
-    const int ok = rel <= tol && isfinite(rel);
-    printf("%-46s max abs err %.3e  scale %.3e  rel %.3e  tol %.1e  %s\n", what, err_abs, scale, rel, tol,
-           ok ? "ok" : "FAIL");
-    if (!ok) {
-        fprintf(stderr, "%s:%d: %s: relative error %.3e exceeds tolerance %.1e\n", file, line, what, rel, tol);
-        failures++;
-    }
-}
-
-/* Compares two buffers: max |a - b| relative to max |ref|. */
-static void compare(const char *what, const float *got, const float *ref, size_t n, double tol, const char *file,
-                    int line) {
-    double err = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)got[i] - ref[i]);
-        err = isnan(d) ? INFINITY : fmax(err, d);
-    }
-    report(what, err, max_abs(ref, n), tol, file, line);
-}
-#define COMPARE(what, got, ref, n, tol) compare(what, got, ref, n, tol, __FILE__, __LINE__)
-
-/* Central differences of S = loss(ctx) over entries of x against the analytic gradient ana (n entries). */
-typedef double (*scalar_fn)(void *ctx);
-static void fd_check(const char *what, scalar_fn f, void *ctx, float *x, const float *ana, size_t n,
+/* Central differences of S = f(ctx) over entries of x against the analytic gradient ana (n entries). */
+static void fd_check(const char *what, fd_scalar_fn f, void *ctx, float *x, const float *ana, size_t n,
                      const char *file, int line) {
-    const size_t checks = n < MAX_CHECKS ? n : MAX_CHECKS;
-    double err = 0.0;
-    for (size_t c = 0; c < checks; c++) {
-        const size_t i = n <= MAX_CHECKS ? c : (size_t)mome_rng_below(&rng, n);
-        const float x0 = x[i];
-        x[i] = x0 + FD_H;
-        const double sp = f(ctx);
-        x[i] = x0 - FD_H;
-        const double sm = f(ctx);
-        x[i] = x0;
-        const double num = (sp - sm) / (2.0 * (double)FD_H);
-        const double d = fabs(num - ana[i]);
-        err = isnan(d) ? INFINITY : fmax(err, d);
-    }
+    const fd_result r = fd_central(f, ctx, x, ana, n, FD_H, MAX_CHECKS, &rng, NULL);
     char label[128];
-    snprintf(label, sizeof label, "fd %s (%zu of %zu)", what, checks, n);
-    report(label, err, max_abs(ana, n), FD_TOL, file, line);
+    snprintf(label, sizeof label, "fd %s (%zu of %zu)", what, r.checks, n);
+    check_report(label, r.err, max_abs(ana, n), FD_TOL, file, line);
 }
 #define FD_CHECK(what, f, ctx, x, ana, n) fd_check(what, f, ctx, x, ana, n, __FILE__, __LINE__)
 
@@ -287,7 +244,7 @@ static void test_attention(void) {
                     const size_t k = ((size_t)b * c.T + t) * c.C + i;
                     err = fmax(err, fabs((double)c.out[k] - out0[k]));
                 }
-        report("attention causal (change at T-1, err at t<T-1)", err, 1.0, 0.0, __FILE__, __LINE__);
+        REPORT("attention causal (change at T-1, err at t<T-1)", err, 1.0, 0.0);
         for (int b = 0; b < c.B; b++)
             for (int i = 0; i < 3 * c.C; i++) c.qkv[((size_t)b * c.T + t_last) * 3 * c.C + i] -= 1.0f;
         mome_free(out0);
@@ -364,7 +321,7 @@ static void test_elementwise(void) {
     mome_gelu_forward(got, xs, 3);
     double err = 0.0;
     for (int i = 0; i < 3; i++) err = fmax(err, fabs(got[i] - want[i]));
-    report("gelu forward vs tanh-GELU values", err, 1.0, 1e-6, __FILE__, __LINE__);
+    REPORT("gelu forward vs tanh-GELU values", err, 1.0, 1e-6);
 
     memset(d1, 0, c.n * sizeof *d1);
     mome_residual_backward(d1, d2, c.R, c.n);
@@ -406,13 +363,11 @@ static void test_xent(void) {
     const float scale = 0.5f;
     const double loss = mome_xent_forward_backward(grad, c.targets, c.N, c.V, scale, &nv);
     const double loss0 = xent_loss(&c);
-    report("xent loss equal with and without gradient", fabs(loss - loss0), fabs(loss0), 1e-12, __FILE__,
-           __LINE__);
-    report("xent n_valid (1 ignored row of 9)", fabs((double)nv - 8.0), 1.0, 0.0, __FILE__, __LINE__);
+    REPORT("xent loss equal with and without gradient", fabs(loss - loss0), fabs(loss0), 1e-12);
+    REPORT("xent n_valid (1 ignored row of 9)", fabs((double)nv - 8.0), 1.0, 0.0);
     for (size_t i = 0; i < n; i++) grad[i] /= scale;
     FD_CHECK("xent dlogits", xent_loss, &c, c.logits, grad, n);
-    report("xent ignored row has zero gradient", max_abs(grad + 4 * (size_t)c.V, (size_t)c.V), 1.0, 0.0, __FILE__,
-           __LINE__);
+    REPORT("xent ignored row has zero gradient", max_abs(grad + 4 * (size_t)c.V, (size_t)c.V), 1.0, 0.0);
 
     /* loss of one row against a float64 log-sum-exp */
     {
@@ -422,7 +377,7 @@ static void test_xent(void) {
         for (int v = 0; v < c.V; v++) s += exp(row[v] - mx);
         const double want = log(s) + mx - row[c.targets[0]];
         const double got = mome_xent_forward_backward(c.logits, c.targets, 1, c.V, 0.0f, &nv);
-        report("xent row 0 vs float64 log-sum-exp", fabs(got - want), fabs(want), 1e-6, __FILE__, __LINE__);
+        REPORT("xent row 0 vs float64 log-sum-exp", fabs(got - want), fabs(want), 1e-6);
     }
 
     /* stability: a shift of 1e4 leaves the loss unchanged and finite */
@@ -431,9 +386,8 @@ static void test_xent(void) {
         for (size_t i = 0; i < n; i++) shifted[i] = c.logits[i] + 1e4f;
         const double l2 = mome_xent_forward_backward(shifted, c.targets, c.N, c.V, 1.0f, &nv);
         /* the shift rounds logits to float spacing ~1e-3 at 1e4; allow for that */
-        report("xent stable under +1e4 shift", fabs(l2 - loss0), fabs(loss0), 5e-3, __FILE__, __LINE__);
-        report("xent gradient finite under +1e4 shift", isfinite(max_abs(shifted, n)) ? 0.0 : 1.0, 1.0, 0.0,
-               __FILE__, __LINE__);
+        REPORT("xent stable under +1e4 shift", fabs(l2 - loss0), fabs(loss0), 5e-3);
+        REPORT("xent gradient finite under +1e4 shift", isfinite(max_abs(shifted, n)) ? 0.0 : 1.0, 1.0, 0.0);
         mome_free(shifted);
     }
     mome_free(grad);
@@ -483,22 +437,22 @@ static void test_optim(void) {
             err = fmax(err, fabs(p[i] - pd[i]));
             scale = fmax(scale, fabs(pd[i]));
         }
-    report("adamw 3 steps vs float64 formula", err, scale, 1e-6, __FILE__, __LINE__);
-    report("adamw step counter", fabs((double)opt.step - 3.0), 1.0, 0.0, __FILE__, __LINE__);
+    REPORT("adamw 3 steps vs float64 formula", err, scale, 1e-6);
+    REPORT("adamw step counter", fabs((double)opt.step - 3.0), 1.0, 0.0);
 
     /* schedule: warmup lr/3, 2lr/3, lr; cosine midpoint; min_lr at and after total_steps */
     const double want[6][2] = {{0, 1e-2 / 3}, {1, 2e-2 / 3}, {2, 1e-2}, {3, 1e-2}, {8, 5.5e-3}, {13, 1e-3}};
     double lerr = 0.0;
     for (int i = 0; i < 6; i++) lerr = fmax(lerr, fabs(mome_lr_at(&cfg, (long)want[i][0]) - want[i][1]));
     lerr = fmax(lerr, fabs(mome_lr_at(&cfg, 100) - 1e-3));
-    report("lr schedule (warmup, cosine, floor)", lerr, 1e-2, 1e-6, __FILE__, __LINE__);
+    REPORT("lr schedule (warmup, cosine, floor)", lerr, 1e-2, 1e-6);
 
     /* global norm in float64 */
     const size_t n = 100003;
     float *g = rand_buf(n, 1.0f);
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
-    report("grad norm vs float64", fabs(mome_grad_norm(g, n) - sqrt(s)), sqrt(s), 1e-12, __FILE__, __LINE__);
+    REPORT("grad norm vs float64", fabs(mome_grad_norm(g, n) - sqrt(s)), sqrt(s), 1e-12);
     mome_free(g);
     mome_free(p);
     mome_free(pd);
@@ -517,10 +471,5 @@ int main(void) {
     test_elementwise();
     test_xent();
     test_optim();
-    if (failures) {
-        fprintf(stderr, "test_kernels: %d check(s) FAILED\n", failures);
-        return 1;
-    }
-    printf("test_kernels: all checks passed\n");
-    return 0;
+    return check_summary("test_kernels");
 }

@@ -25,6 +25,9 @@
 #include "mome/model.h"
 #include "mome/rng.h"
 
+#include "check.h"
+#include "gpt_loss.h"
+
 #define B 2
 #define T 8
 #define SAMPLES 5
@@ -33,31 +36,13 @@
 #define FD_TOL 3e-3
 #define AUX_SCALE 0.5f
 
-static int failures = 0;
-
-static void report(const char *what, double err, double scale, double tol, const char *file, int line) {
-    const double rel = err / (scale > 1e-30 ? scale : 1e-30);
-    const int ok = rel <= tol && isfinite(rel);
-    printf("%-48s max abs err %.3e  scale %.3e  rel %.3e  tol %.1e  %s\n", what, err, scale, rel, tol,
-           ok ? "ok" : "FAIL");
-    if (!ok) {
-        fprintf(stderr, "%s:%d: %s: relative error %.3e exceeds tolerance %.1e\n", file, line, what, rel, tol);
-        failures++;
-    }
-}
-#define REPORT(what, err, scale, tol) report(what, err, scale, tol, __FILE__, __LINE__)
-
 static int32_t inputs[B * T], targets[B * T];
 
 /* CE_mean + AUX_SCALE * (aux_coef * aux + z_coef * z); with `backward`, accumulates gradients into m->grads. */
 static double loss_of(mome_gpt *m, int backward) {
-    mome_gpt_forward(m, inputs, B, T);
-    size_t nv = 0;
-    const float scale = backward ? 1.0f / (B * T) : 0.0f;
-    const double sum = mome_xent_forward_backward(m->logits, targets, (size_t)B * T, m->cfg.vocab_size, scale, &nv);
+    const double ce = gpt_mean_xent(m, inputs, targets, B, T, backward);
     if (backward) mome_gpt_backward_ex(m, inputs, B, T, AUX_SCALE);
-    return sum / (double)nv + (double)AUX_SCALE * ((double)m->cfg.aux_coef * m->aux_loss +
-                                                   (double)m->cfg.z_coef * m->z_loss);
+    return ce + (double)AUX_SCALE * ((double)m->cfg.aux_coef * m->aux_loss + (double)m->cfg.z_coef * m->z_loss);
 }
 
 /* Routing of every layer (chosen experts and grouped positions) of the last forward. */
@@ -352,10 +337,5 @@ int main(void) {
                mome_gpt_config_check(&bad) == MOME_ECONFIG ? 0.0 : 1.0, 1.0, 0.0);
     }
 
-    if (failures) {
-        fprintf(stderr, "test_model_moe: %d check(s) FAILED\n", failures);
-        return 1;
-    }
-    printf("test_model_moe: all checks passed\n");
-    return 0;
+    return check_summary("test_model_moe");
 }

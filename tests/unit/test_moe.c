@@ -28,188 +28,25 @@
 #include "mome/moe.h"
 #include "mome/rng.h"
 
-#define FD_H 1e-2f
-#define FD_TOL 1e-3      /* finite-difference relative error (float32 evaluation; measured <= 1.1e-4) */
+#include "check.h"
+#include "moe_fixture.h"
+
 #define FD_MAX_SKIP 0.25 /* at most this fraction of the checked entries may be skipped for routing flips */
 #define REF_TOL 1e-5     /* sgemm layer vs float64 plain loops, relative to the largest reference value */
 #define MAX_CHECKS 150   /* entries checked per tensor (all when the tensor is smaller) */
 
-static int failures = 0;
-static mome_rng rng;
-
-#define FAILF(...)                                        \
-    do {                                                  \
-        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);   \
-        fprintf(stderr, __VA_ARGS__);                     \
-        fputc('\n', stderr);                              \
-        failures++;                                       \
-    } while (0)
-
-/* An exact (integer / bitwise) check. */
-#define EXPECT(cond, ...)                                                             \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            FAILF("check failed: %s", #cond);                                         \
-            fprintf(stderr, "    ");                                                  \
-            fprintf(stderr, __VA_ARGS__);                                             \
-            fputc('\n', stderr);                                                      \
-        }                                                                             \
-    } while (0)
-
-static double max_abs(const float *a, size_t n) {
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
-    return m;
-}
-
-static void report(const char *what, double err_abs, double scale, double tol, const char *file, int line) {
-    const double rel = err_abs / (scale > 1e-30 ? scale : 1e-30);
-    const int ok = rel <= tol && isfinite(rel);
-    printf("%-58s max abs err %.3e  scale %.3e  rel %.3e  tol %.1e  %s\n", what, err_abs, scale, rel, tol,
-           ok ? "ok" : "FAIL");
-    if (!ok) {
-        fprintf(stderr, "%s:%d: %s: relative error %.3e exceeds tolerance %.1e\n", file, line, what, rel, tol);
-        failures++;
-    }
-}
-
-static void compare(const char *what, const float *got, const double *ref, size_t n, double tol, const char *file,
-                    int line) {
+/* Float results against a float64 reference: max |got - ref| relative to the largest |ref|. */
+static void compare_ref(const char *what, const float *got, const double *ref, size_t n, double tol,
+                        const char *file, int line) {
     double err = 0.0, scale = 0.0;
     for (size_t i = 0; i < n; i++) {
         const double d = fabs((double)got[i] - ref[i]);
         err = isnan(d) ? INFINITY : fmax(err, d);
         scale = fmax(scale, fabs(ref[i]));
     }
-    report(what, err, scale, tol, file, line);
+    check_report(what, err, scale, tol, file, line);
 }
-#define COMPARE(what, got, ref, n, tol) compare(what, got, ref, n, tol, __FILE__, __LINE__)
-
-static void expect_bitwise(const char *what, const void *a, const void *b, size_t bytes, const char *file,
-                           int line) {
-    const int ok = memcmp(a, b, bytes) == 0;
-    printf("%-58s %s\n", what, ok ? "bit-identical  ok" : "DIFFERENT  FAIL");
-    if (!ok) {
-        fprintf(stderr, "%s:%d: %s: buffers of %zu bytes differ\n", file, line, what, bytes);
-        failures++;
-    }
-}
-#define EXPECT_BITWISE(what, a, b, bytes) expect_bitwise(what, a, b, bytes, __FILE__, __LINE__)
-
-/* ------------------------------------------------------------------------------------------------ fixture */
-
-typedef struct {
-    mome_moe m;
-    size_t N, np;
-    float *params, *grads; /* (np) flat, bound to m.p / m.g */
-    float *x, *y, *R, *dx; /* (N, C) */
-    int32_t *base_expert;  /* (N, k) routing of the unperturbed input */
-    int64_t *base_pos;     /* (N, k) */
-    int flipped;           /* set by loss_fn when the dispatch differs from base */
-} fixture;
-
-static void fill_normal(float *p, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) p[i] = scale * mome_rng_normal(&rng);
-}
-
-static void fixture_init(fixture *f, const mome_moe_config *cfg, size_t N) {
-    memset(f, 0, sizeof *f);
-    if (mome_moe_init(&f->m, cfg, N)) {
-        fprintf(stderr, "%s:%d: mome_moe_init: %s\n", __FILE__, __LINE__, mome_error_message());
-        exit(1);
-    }
-    const size_t C = (size_t)cfg->n_embd, k = (size_t)cfg->top_k;
-    f->N = N;
-    f->np = mome_moe_num_params(cfg);
-    f->params = mome_malloc(f->np * sizeof(float));
-    f->grads = mome_calloc(f->np, sizeof(float));
-    mome_moe_params_bind(&f->m.p, f->params, cfg);
-    mome_moe_params_bind(&f->m.g, f->grads, cfg);
-    /* weights of order 1/sqrt(fan_in) times a bit more, biases non-zero, a gate sharp enough that the top-k
-     * margins are usually much larger than the FD step's effect on the logits */
-    fill_normal(f->params, f->np, 0.3f);
-    for (size_t i = 0; i < (size_t)cfg->n_experts * C; i++) f->m.p.gate_w[i] *= 2.0f;
-    f->x = mome_malloc(N * C * sizeof(float));
-    f->y = mome_malloc(N * C * sizeof(float));
-    f->R = mome_malloc(N * C * sizeof(float));
-    f->dx = mome_calloc(N * C, sizeof(float));
-    fill_normal(f->x, N * C, 1.0f);
-    fill_normal(f->R, N * C, 1.0f);
-    f->base_expert = mome_malloc(N * k * sizeof *f->base_expert);
-    f->base_pos = mome_malloc(N * k * sizeof *f->base_pos);
-}
-
-static void fixture_free(fixture *f) {
-    mome_moe_free(&f->m);
-    mome_free(f->params);
-    mome_free(f->grads);
-    mome_free(f->x);
-    mome_free(f->y);
-    mome_free(f->R);
-    mome_free(f->dx);
-    mome_free(f->base_expert);
-    mome_free(f->base_pos);
-}
-
-/* Forward, then the scalar S; flags a dispatch different from the saved base one. */
-static double loss_fn(fixture *f) {
-    mome_moe *m = &f->m;
-    const size_t C = (size_t)m->cfg.n_embd, nk = f->N * (size_t)m->cfg.top_k;
-    mome_moe_forward(m, f->y, f->x, f->N);
-    double s = 0.0;
-    for (size_t i = 0; i < f->N * C; i++) s += (double)f->y[i] * f->R[i];
-    s += (double)m->cfg.aux_coef * m->stats.aux_loss + (double)m->cfg.z_coef * m->stats.z_loss;
-    if (memcmp(m->plan.expert, f->base_expert, nk * sizeof(int32_t)) ||
-        memcmp(m->plan.pos, f->base_pos, nk * sizeof(int64_t)))
-        f->flipped = 1;
-    return s;
-}
-
-/* Forward at the current point, saves its dispatch as the base, zeroes and fills the analytic gradients
- * (backward with dy = R and the given grad_scale). */
-static void analytic(fixture *f, float grad_scale) {
-    mome_moe *m = &f->m;
-    const size_t C = (size_t)m->cfg.n_embd, nk = f->N * (size_t)m->cfg.top_k;
-    mome_moe_forward(m, f->y, f->x, f->N);
-    memcpy(f->base_expert, m->plan.expert, nk * sizeof(int32_t));
-    memcpy(f->base_pos, m->plan.pos, nk * sizeof(int64_t));
-    memset(f->grads, 0, f->np * sizeof(float));
-    memset(f->dx, 0, f->N * C * sizeof(float));
-    mome_moe_backward(m, f->dx, f->R, f->x, f->N, grad_scale);
-}
-
-static void fd_check(const char *what, fixture *f, float *x, const float *ana, size_t n, const char *file,
-                     int line) {
-    const size_t checks = n < MAX_CHECKS ? n : MAX_CHECKS;
-    double err = 0.0;
-    size_t skipped = 0;
-    for (size_t c = 0; c < checks; c++) {
-        const size_t i = n <= MAX_CHECKS ? c : (size_t)mome_rng_below(&rng, n);
-        const float x0 = x[i];
-        f->flipped = 0;
-        x[i] = x0 + FD_H;
-        const double sp = loss_fn(f);
-        x[i] = x0 - FD_H;
-        const double sm = loss_fn(f);
-        x[i] = x0;
-        if (f->flipped) {
-            skipped++;
-            continue;
-        }
-        const double num = (sp - sm) / (2.0 * (double)FD_H);
-        const double d = fabs(num - ana[i]);
-        err = isnan(d) ? INFINITY : fmax(err, d);
-    }
-    char label[160];
-    snprintf(label, sizeof label, "fd %s (%zu of %zu, %zu skipped)", what, checks - skipped, n, skipped);
-    report(label, err, max_abs(ana, n), FD_TOL, file, line);
-    if ((double)skipped > FD_MAX_SKIP * (double)checks) {
-        fprintf(stderr, "%s:%d: %s: %zu of %zu entries skipped for routing changes (limit %.0f%%)\n", file, line,
-                what, skipped, checks, 100.0 * FD_MAX_SKIP);
-        failures++;
-    }
-}
-#define FD_CHECK(what, f, x, ana, n) fd_check(what, f, x, ana, n, __FILE__, __LINE__)
+#define COMPARE_REF(what, got, ref, n, tol) compare_ref(what, got, ref, n, tol, __FILE__, __LINE__)
 
 /* ----------------------------------------------------------------------------- float64 reference forward */
 
@@ -319,11 +156,11 @@ static void check_reference(fixture *f, const char *name) {
     mome_moe_forward(m, f->y, f->x, f->N);
     char label[160];
     snprintf(label, sizeof label, "%s: y vs float64 reference", name);
-    COMPARE(label, f->y, y_ref, f->N * C, REF_TOL);
+    COMPARE_REF(label, f->y, y_ref, f->N * C, REF_TOL);
     snprintf(label, sizeof label, "%s: aux loss vs reference", name);
-    report(label, fabs(m->stats.aux_loss - aux), fabs(aux), REF_TOL, __FILE__, __LINE__);
+    REPORT(label, fabs(m->stats.aux_loss - aux), fabs(aux), REF_TOL);
     snprintf(label, sizeof label, "%s: z-loss vs reference", name);
-    report(label, fabs(m->stats.z_loss - z), fabs(z), REF_TOL, __FILE__, __LINE__);
+    REPORT(label, fabs(m->stats.z_loss - z), fabs(z), REF_TOL);
     EXPECT(m->plan.capacity == cap, "%s: capacity %zu, reference %zu", name, m->plan.capacity, cap);
     size_t bad = 0;
     for (size_t i = 0; i < nk; i++) bad += chosen[i] != m->plan.expert[i] || kept[i] != (m->plan.pos[i] >= 0);
@@ -378,7 +215,7 @@ static void check_plan(fixture *f, const char *name) {
            "%s: stats counts inconsistent with the plan", name);
     EXPECT(fabs(st->dropped_frac - (double)pl->n_dropped / (double)nk) < 1e-15, "%s: dropped_frac %.17g", name,
            st->dropped_frac);
-    report("load fractions sum to 1 (abs err)", fabs(sum_load - 1.0), 1.0, 1e-12, __FILE__, __LINE__);
+    REPORT("load fractions sum to 1 (abs err)", fabs(sum_load - 1.0), 1.0, 1e-12);
     /* slot 0 has the largest probability, and weights are renormalised when asked */
     size_t bad = 0;
     for (size_t t = 0; t < f->N; t++) {
@@ -407,7 +244,7 @@ static void test_capacity(int shared) {
     const mome_moe_config cfg = {.n_embd = 16, .n_experts = 4, .d_ff = 20, .top_k = 1, .shared_d_ff = shared ? 12 : 0,
                                  .renormalize = 1, .capacity_factor = 0.5f, .aux_coef = 0.1f, .z_coef = 0.01f};
     fixture f;
-    fixture_init(&f, &cfg, 40);
+    fixture_init(&f, &cfg, 40, NULL);
     const char *name = shared ? "capacity 0.5, top-1, shared" : "capacity 0.5, top-1";
     mome_moe_forward(&f.m, f.y, f.x, f.N);
     const mome_moe_plan *pl = &f.m.plan;
@@ -426,7 +263,7 @@ static void test_capacity(int shared) {
     }
     EXPECT(ndrop == pl->n_dropped && bad == 0, "%s: %zu values of dropped tokens are not exactly %s", name, bad,
            shared ? "the shared expert's output" : "0");
-    printf("%-58s %s\n", shared ? "dropped tokens: y == shared expert output exactly" : "dropped tokens: y == 0 exactly",
+    printf("%-64s %s\n", shared ? "dropped tokens: y == shared expert output exactly" : "dropped tokens: y == 0 exactly",
            bad == 0 ? "ok" : "FAIL");
     /* dropped assignments get no gradient through the experts: their dweight is 0 */
     mome_moe_backward(&f.m, f.dx, f.R, f.x, f.N, 1.0f);
@@ -444,7 +281,7 @@ static void test_dropless(void) {
         const mome_moe_config cfg = {.n_embd = 16, .n_experts = 4, .d_ff = 20, .top_k = 2, .renormalize = 1,
                                      .capacity_factor = pass ? 2.0f : 0.0f};
         fixture f;
-        fixture_init(&f, &cfg, 40);
+        fixture_init(&f, &cfg, 40, NULL);
         /* skew the gate so that every token picks expert 0 first: it gets N assignments, twice its share (and
          * exactly the capacity ceil(2 * N * k / E) = N of the second pass) */
         for (int e = 0; e < cfg.n_experts; e++) f.m.p.gate_w[(size_t)e * cfg.n_embd] = e == 0 ? 5.0f : 0.0f;
@@ -458,7 +295,7 @@ static void test_dropless(void) {
         for (int e = 0; e < cfg.n_experts; e++)
             EXPECT(f.m.plan.counts[e] == f.m.plan.routed[e], "%s: expert %d kept %zu of %zu", name, e,
                    f.m.plan.counts[e], f.m.plan.routed[e]);
-        printf("%-58s dropped %zu  %s\n", name, f.m.plan.n_dropped, f.m.plan.n_dropped == 0 ? "ok" : "FAIL");
+        printf("%-64s dropped %zu  %s\n", name, f.m.plan.n_dropped, f.m.plan.n_dropped == 0 ? "ok" : "FAIL");
         check_plan(&f, name);
         fixture_free(&f);
     }
@@ -467,17 +304,16 @@ static void test_dropless(void) {
 static void test_ties(void) {
     const mome_moe_config cfg = {.n_embd = 8, .n_experts = 5, .d_ff = 6, .top_k = 3, .renormalize = 1};
     fixture f;
-    fixture_init(&f, &cfg, 7);
+    fixture_init(&f, &cfg, 7, NULL);
     memset(f.m.p.gate_w, 0, (size_t)cfg.n_experts * cfg.n_embd * sizeof(float)); /* all logits exactly 0 */
     mome_moe_route(&f.m, f.x, f.N);
     size_t bad = 0;
     for (size_t t = 0; t < f.N; t++)
         for (int s = 0; s < cfg.top_k; s++) bad += f.m.plan.expert[t * cfg.top_k + s] != s;
     EXPECT(bad == 0, "ties: %zu slots do not pick the lowest expert indices 0..k-1", bad);
-    printf("%-58s %s\n", "ties (all logits equal) -> experts 0, 1, 2", bad == 0 ? "ok" : "FAIL");
+    printf("%-64s %s\n", "ties (all logits equal) -> experts 0, 1, 2", bad == 0 ? "ok" : "FAIL");
     /* and equal weights 1/k */
-    report("ties: renormalised weights == 1/k", fabs(f.m.plan.weight[1] - 1.0 / 3.0), 1.0 / 3.0, 1e-6, __FILE__,
-           __LINE__);
+    REPORT("ties: renormalised weights == 1/k", fabs(f.m.plan.weight[1] - 1.0 / 3.0), 1.0 / 3.0, 1e-6);
     fixture_free(&f);
 }
 
@@ -486,7 +322,7 @@ static void test_ties(void) {
 static void test_expert_range(void) {
     const mome_moe_config cfg = {.n_embd = 16, .n_experts = 5, .d_ff = 20, .top_k = 2, .renormalize = 1};
     fixture f;
-    fixture_init(&f, &cfg, 30);
+    fixture_init(&f, &cfg, 30, NULL);
     analytic(&f, 1.0f);
     mome_moe *m = &f.m;
     const mome_moe_plan *pl = &m->plan;
@@ -530,7 +366,7 @@ static void test_determinism_and_scale(void) {
     const mome_moe_config cfg = {.n_embd = 24, .n_experts = 6, .d_ff = 40, .top_k = 2, .shared_d_ff = 16,
                                  .renormalize = 1, .capacity_factor = 1.0f, .aux_coef = 0.3f, .z_coef = 0.05f};
     fixture f;
-    fixture_init(&f, &cfg, 64);
+    fixture_init(&f, &cfg, 64, NULL);
     const size_t C = (size_t)cfg.n_embd, nC = f.N * C;
     analytic(&f, 1.0f);
     float *y1 = mome_malloc(nC * sizeof(float)), *dx1 = mome_malloc(nC * sizeof(float));
@@ -548,8 +384,8 @@ static void test_determinism_and_scale(void) {
     double *half = mome_malloc(f.np * sizeof(double)), *halfx = mome_malloc(nC * sizeof(double));
     for (size_t i = 0; i < f.np; i++) half[i] = 0.5 * g1[i];
     for (size_t i = 0; i < nC; i++) halfx[i] = 0.5 * dx1[i];
-    COMPARE("grad_scale 0.5 (dy 0.5 R): parameter grads halve", f.grads, half, f.np, 1e-6);
-    COMPARE("grad_scale 0.5 (dy 0.5 R): dx halves", f.dx, halfx, nC, 1e-6);
+    COMPARE_REF("grad_scale 0.5 (dy 0.5 R): parameter grads halve", f.grads, half, f.np, 1e-6);
+    COMPARE_REF("grad_scale 0.5 (dy 0.5 R): dx halves", f.dx, halfx, nC, 1e-6);
     mome_free(y1);
     mome_free(dx1);
     mome_free(g1);
@@ -560,7 +396,7 @@ static void test_determinism_and_scale(void) {
 
 static void test_fd(const char *name, const mome_moe_config *cfg, size_t N) {
     fixture f;
-    fixture_init(&f, cfg, N);
+    fixture_init(&f, cfg, N, NULL);
     printf("-- %s: N %zu C %d E %d F %d k %d Fs %d renorm %d capacity_factor %g aux %g z %g\n", name, N,
            cfg->n_embd, cfg->n_experts, cfg->d_ff, cfg->top_k, cfg->shared_d_ff, cfg->renormalize,
            (double)cfg->capacity_factor, (double)cfg->aux_coef, (double)cfg->z_coef);
@@ -571,28 +407,7 @@ static void test_fd(const char *name, const mome_moe_config *cfg, size_t N) {
            N * (size_t)cfg->top_k, f.m.stats.aux_loss, f.m.stats.z_loss);
     check_plan(&f, name);
     check_reference(&f, name);
-    const size_t C = (size_t)cfg->n_embd, E = (size_t)cfg->n_experts, F = (size_t)cfg->d_ff;
-    const size_t Fs = (size_t)cfg->shared_d_ff;
-    mome_moe_params *p = &f.m.p, *g = &f.m.g;
-    char label[128];
-#define FD(tname, ptr, gptr, n)                                         \
-    do {                                                                \
-        snprintf(label, sizeof label, "%s %s", name, tname);           \
-        FD_CHECK(label, &f, ptr, gptr, n);                              \
-    } while (0)
-    FD("dx", f.x, f.dx, N * C);
-    FD("gate_w", p->gate_w, g->gate_w, E * C);
-    FD("experts_fc_w", p->experts_fc_w, g->experts_fc_w, E * F * C);
-    FD("experts_fc_b", p->experts_fc_b, g->experts_fc_b, E * F);
-    FD("experts_proj_w", p->experts_proj_w, g->experts_proj_w, E * C * F);
-    FD("experts_proj_b", p->experts_proj_b, g->experts_proj_b, E * C);
-    if (Fs > 0) {
-        FD("shared_fc_w", p->shared_fc_w, g->shared_fc_w, Fs * C);
-        FD("shared_fc_b", p->shared_fc_b, g->shared_fc_b, Fs);
-        FD("shared_proj_w", p->shared_proj_w, g->shared_proj_w, C * Fs);
-        FD("shared_proj_b", p->shared_proj_b, g->shared_proj_b, C);
-    }
-#undef FD
+    fd_check_layer(&f, name, MAX_CHECKS, FD_MAX_SKIP, FD_MAX_SKIP, 1, __FILE__, __LINE__);
     fixture_free(&f);
 }
 
@@ -608,7 +423,7 @@ static void test_config_errors(void) {
     c = good;
     c.shared_d_ff = -3;
     EXPECT(mome_moe_config_check(&c) == MOME_ECONFIG, "negative shared_d_ff accepted");
-    printf("%-58s %s\n", "config errors rejected", "done");
+    printf("%-64s %s\n", "config errors rejected", "done");
 }
 
 int main(void) {
@@ -633,10 +448,5 @@ int main(void) {
     test_expert_range();
     test_determinism_and_scale();
     test_config_errors();
-    if (failures) {
-        fprintf(stderr, "test_moe: %d check(s) FAILED\n", failures);
-        return 1;
-    }
-    printf("test_moe: all checks passed\n");
-    return 0;
+    return check_summary("test_moe");
 }

@@ -37,9 +37,9 @@
 #include "mome/rng.h"
 
 #include "check.h"
+#include "gpt_loss.h"
+#include "moe_fixture.h"
 
-#define FD_H 1e-2f
-#define FD_TOL 1e-3      /* finite-difference relative error (float32 evaluation, as test_moe.c) */
 #define FD_MAX_SKIP 0.25 /* at most this fraction of the entries of a tensor may be skipped for routing flips... */
 #define FD_MAX_SKIP_GATE 0.6 /* ...but a gate_w entry moves the logits of every token: more flips there in KA */
 #define MAX_CHECKS 120   /* entries checked per tensor (all when the tensor is smaller) */
@@ -47,42 +47,7 @@
 #define Z_MAX 5.0        /* sampling frequencies: at most this many binomial standard deviations off */
 #define GPT_FD_TOL 3e-3  /* whole-model finite differences (as test_model_moe.c) */
 
-static mome_rng rng;
-
-#define FAILF(...)                                      \
-    do {                                                \
-        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__); \
-        fprintf(stderr, __VA_ARGS__);                   \
-        fputc('\n', stderr);                            \
-        failures++;                                     \
-    } while (0)
-
-#define EXPECT(cond, ...)                     \
-    do {                                      \
-        if (!(cond)) {                        \
-            FAILF("check failed: %s", #cond); \
-            fprintf(stderr, "    ");          \
-            fprintf(stderr, __VA_ARGS__);     \
-            fputc('\n', stderr);              \
-        }                                     \
-    } while (0)
-
 #define COMPARE_FF COMPARE
-
-static void expect_bitwise(const char *what, const void *a, const void *b, size_t bytes, const char *file,
-                           int line) {
-    const int ok = memcmp(a, b, bytes) == 0;
-    printf("%-62s %s\n", what, ok ? "bit-identical  ok" : "DIFFERENT  FAIL");
-    if (!ok) {
-        fprintf(stderr, "%s:%d: %s: buffers of %zu bytes differ\n", file, line, what, bytes);
-        failures++;
-    }
-}
-#define EXPECT_BITWISE(what, a, b, bytes) expect_bitwise(what, a, b, bytes, __FILE__, __LINE__)
-
-static void fill_normal(float *p, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) p[i] = scale * mome_rng_normal(&rng);
-}
 
 static mome_moe_gate_mode mode_of(mome_moe_gate_kind kind, int n, float lambda, uint64_t seed, uint64_t counter) {
     mome_moe_gate_mode g;
@@ -97,135 +62,11 @@ static mome_moe_gate_mode mode_of(mome_moe_gate_kind kind, int n, float lambda, 
 
 /* ------------------------------------------------------------------------------------------------ fixture */
 
-/* A layer with its own gradients; parameters may be shared with another fixture (params_from). */
-typedef struct {
-    mome_moe m;
-    size_t N, np;
-    float *params, *grads; /* (np) flat, bound to m.p / m.g */
-    int owns_params;
-    float *x, *y, *R, *dx; /* (N, C); x and R owned only with the parameters */
-    int32_t *base_expert;  /* (N, max_slots) routing of the unperturbed input */
-    int64_t *base_pos;     /* (N, max_slots) */
-    int flipped;           /* set by loss_fn when the dispatch differs from base */
-} fixture;
-
-static void fixture_init(fixture *f, const mome_moe_config *cfg, size_t N, const fixture *params_from) {
-    memset(f, 0, sizeof *f);
-    if (mome_moe_init(&f->m, cfg, N)) {
-        fprintf(stderr, "%s:%d: mome_moe_init: %s\n", __FILE__, __LINE__, mome_error_message());
-        exit(1);
-    }
-    const size_t C = (size_t)cfg->n_embd, S = (size_t)f->m.max_slots;
-    f->N = N;
-    f->np = mome_moe_num_params(cfg);
-    f->grads = mome_calloc(f->np, sizeof(float));
-    if (params_from) {
-        if (params_from->np != f->np || params_from->N != N) {
-            fprintf(stderr, "%s:%d: fixtures of different shapes\n", __FILE__, __LINE__);
-            exit(1);
-        }
-        f->params = params_from->params;
-        f->x = params_from->x;
-        f->R = params_from->R;
-    } else {
-        f->owns_params = 1;
-        f->params = mome_malloc(f->np * sizeof(float));
-        /* as test_moe.c: weights of order 1/sqrt(fan_in) and more, non-zero biases, a fairly sharp gate */
-        fill_normal(f->params, f->np, 0.3f);
-        f->x = mome_malloc(N * C * sizeof(float));
-        f->R = mome_malloc(N * C * sizeof(float));
-        fill_normal(f->x, N * C, 1.0f);
-        fill_normal(f->R, N * C, 1.0f);
-    }
-    mome_moe_params_bind(&f->m.p, f->params, cfg);
-    mome_moe_params_bind(&f->m.g, f->grads, cfg);
-    if (!params_from)
-        for (size_t i = 0; i < (size_t)cfg->n_experts * C; i++) f->m.p.gate_w[i] *= 2.0f;
-    f->y = mome_malloc(N * C * sizeof(float));
-    f->dx = mome_calloc(N * C, sizeof(float));
-    f->base_expert = mome_malloc(N * S * sizeof *f->base_expert);
-    f->base_pos = mome_malloc(N * S * sizeof *f->base_pos);
-}
-
-static void fixture_free(fixture *f) {
-    mome_moe_free(&f->m);
-    if (f->owns_params) {
-        mome_free(f->params);
-        mome_free(f->x);
-        mome_free(f->R);
-    }
-    mome_free(f->grads);
-    mome_free(f->y);
-    mome_free(f->dx);
-    mome_free(f->base_expert);
-    mome_free(f->base_pos);
-}
-
 static void set_mode(fixture *f, const mome_moe_gate_mode *g) {
     if (mome_moe_set_gate_mode(&f->m, g)) {
         fprintf(stderr, "%s:%d: mome_moe_set_gate_mode: %s\n", __FILE__, __LINE__, mome_error_message());
         exit(1);
     }
-}
-
-static double loss_fn(fixture *f) {
-    mome_moe *m = &f->m;
-    const size_t C = (size_t)m->cfg.n_embd;
-    mome_moe_forward(m, f->y, f->x, f->N);
-    const size_t nk = f->N * (size_t)m->plan.k;
-    double s = 0.0;
-    for (size_t i = 0; i < f->N * C; i++) s += (double)f->y[i] * f->R[i];
-    s += (double)m->cfg.aux_coef * m->stats.aux_loss + (double)m->cfg.z_coef * m->stats.z_loss;
-    if (memcmp(m->plan.expert, f->base_expert, nk * sizeof(int32_t)) ||
-        memcmp(m->plan.pos, f->base_pos, nk * sizeof(int64_t)))
-        f->flipped = 1;
-    return s;
-}
-
-/* Forward, saves the dispatch as the base, zeroes and fills the gradients (backward with dy = R). */
-static void analytic(fixture *f) {
-    mome_moe *m = &f->m;
-    const size_t C = (size_t)m->cfg.n_embd;
-    mome_moe_forward(m, f->y, f->x, f->N);
-    const size_t nk = f->N * (size_t)m->plan.k;
-    memcpy(f->base_expert, m->plan.expert, nk * sizeof(int32_t));
-    memcpy(f->base_pos, m->plan.pos, nk * sizeof(int64_t));
-    memset(f->grads, 0, f->np * sizeof(float));
-    memset(f->dx, 0, f->N * C * sizeof(float));
-    mome_moe_backward(m, f->dx, f->R, f->x, f->N, 1.0f);
-}
-
-static void fd_check(const char *what, fixture *f, float *x, const float *ana, size_t n, double max_skip,
-                     size_t *skipped_out, const char *file, int line) {
-    const size_t checks = n < MAX_CHECKS ? n : MAX_CHECKS;
-    double err = 0.0;
-    size_t skipped = 0;
-    for (size_t c = 0; c < checks; c++) {
-        const size_t i = n <= MAX_CHECKS ? c : (size_t)mome_rng_below(&rng, n);
-        const float x0 = x[i];
-        f->flipped = 0;
-        x[i] = x0 + FD_H;
-        const double sp = loss_fn(f);
-        x[i] = x0 - FD_H;
-        const double sm = loss_fn(f);
-        x[i] = x0;
-        if (f->flipped) {
-            skipped++;
-            continue;
-        }
-        const double num = (sp - sm) / (2.0 * (double)FD_H);
-        const double d = fabs(num - ana[i]);
-        err = isnan(d) ? INFINITY : fmax(err, d);
-    }
-    char label[200];
-    snprintf(label, sizeof label, "fd %s (%zu of %zu, %zu skipped)", what, checks - skipped, n, skipped);
-    check_report(label, err, max_abs(ana, n), FD_TOL, file, line);
-    if ((double)skipped > max_skip * (double)checks) {
-        fprintf(stderr, "%s:%d: %s: %zu of %zu entries skipped for routing changes (limit %.0f%%)\n", file, line,
-                what, skipped, checks, 100.0 * max_skip);
-        failures++;
-    }
-    *skipped_out += skipped;
 }
 
 /* -------------------------------------------------------------------------- KA lambda 0 == TOPK renormalised */
@@ -248,8 +89,8 @@ static void test_ka0_equals_topk(int shared) {
             for (int e = 4; e < 6; e++) memcpy(a.m.p.gate_w + e * 16, a.m.p.gate_w + 16, 16 * sizeof(float));
         const mome_moe_gate_mode g = mode_of(MOME_GATE_KA, n, 0.0f, 99, 7);
         set_mode(&b, &g);
-        analytic(&a);
-        analytic(&b);
+        analytic(&a, 1.0f);
+        analytic(&b, 1.0f);
         char label[160];
         const size_t nk = N * (size_t)n, C = 16;
         int same = b.m.plan.k == n && b.m.plan.capacity == 0 &&
@@ -259,7 +100,7 @@ static void test_ka0_equals_topk(int shared) {
                    a.m.stats.aux_loss == b.m.stats.aux_loss && a.m.stats.z_loss == b.m.stats.z_loss;
         snprintf(label, sizeof label, "KA n=%d lambda 0 == TOPK k=%d renorm%s: plan, aux, z", n, n,
                  shared ? " (shared)" : "");
-        printf("%-62s %s\n", label, same ? "bit-identical  ok" : "DIFFERENT  FAIL");
+        printf("%-64s %s\n", label, same ? "bit-identical  ok" : "DIFFERENT  FAIL");
         if (!same) FAILF("%s differ", label);
         snprintf(label, sizeof label, "KA n=%d lambda 0 == TOPK: y", n);
         EXPECT_BITWISE(label, a.y, b.y, N * C * sizeof(float));
@@ -285,7 +126,7 @@ static void test_all_equals_ka_full(void) {
     fixture_init(&ka, &cfg, N, &all);
     const mome_moe_gate_mode ga = mode_of(MOME_GATE_ALL, 0, 0.0f, 0, 0);
     set_mode(&all, &ga);
-    analytic(&all);
+    analytic(&all, 1.0f);
     const mome_moe_plan *pl = &all.m.plan;
     /* ALL's plan: slot s = expert s, weights = probs, nothing dropped, every expert gets all N tokens */
     size_t bad = 0;
@@ -302,13 +143,13 @@ static void test_all_equals_ka_full(void) {
     EXPECT(bad == 0 && pl->k == E && pl->n_rows == N * E && pl->n_dropped == 0 && pl->capacity == 0,
            "ALL plan: %zu bad entries, k %d, rows %zu, dropped %zu, capacity %zu", bad, pl->k, pl->n_rows,
            pl->n_dropped, pl->capacity);
-    printf("%-62s %s\n", "ALL plan: slot s = expert s, w = probs, dropless", bad == 0 ? "ok" : "FAIL");
+    printf("%-64s %s\n", "ALL plan: slot s = expert s, w = probs, dropless", bad == 0 ? "ok" : "FAIL");
     REPORT("ALL weights sum to 1", wsum_err, 1.0, 1e-6);
     REPORT("ALL aux = E * sum_e (1/E) P_e = 1", fabs(all.m.stats.aux_loss - 1.0), 1.0, 1e-6);
     for (int lam = 0; lam <= 1; lam++) {
         const mome_moe_gate_mode gk = mode_of(MOME_GATE_KA, E, (float)lam, 5, 11);
         set_mode(&ka, &gk);
-        analytic(&ka);
+        analytic(&ka, 1.0f);
         char label[160];
         snprintf(label, sizeof label, "ALL == KA n=E lambda %d: y", lam);
         COMPARE_FF(label, ka.y, all.y, N * C, ALL_TOL);
@@ -484,29 +325,9 @@ static void test_fd(const char *name, const mome_moe_config *cfg, const mome_moe
     set_mode(&f, g);
     printf("-- fd %s: N %zu C %d E %d F %d Fs %d slots %d aux %g z %g\n", name, N, cfg->n_embd, cfg->n_experts,
            cfg->d_ff, cfg->shared_d_ff, mome_moe_gate_slots(cfg, g), (double)cfg->aux_coef, (double)cfg->z_coef);
-    analytic(&f);
-    const size_t C = (size_t)cfg->n_embd, E = (size_t)cfg->n_experts, F = (size_t)cfg->d_ff;
-    const size_t Fs = (size_t)cfg->shared_d_ff;
-    mome_moe_params *p = &f.m.p, *gr = &f.m.g;
-    size_t skipped = 0;
-    char label[160];
-#define FD(tname, ptr, gptr, n)                                                                              \
-    do {                                                                                                     \
-        snprintf(label, sizeof label, "%s %s", name, tname);                                                \
-        fd_check(label, &f, ptr, gptr, n, (gptr) == gr->gate_w ? FD_MAX_SKIP_GATE : FD_MAX_SKIP, &skipped,  \
-                 __FILE__, __LINE__);                                                                        \
-    } while (0)
-    FD("dx", f.x, f.dx, N * C);
-    FD("gate_w", p->gate_w, gr->gate_w, E * C);
-    FD("experts_fc_w", p->experts_fc_w, gr->experts_fc_w, E * F * C);
-    FD("experts_fc_b", p->experts_fc_b, gr->experts_fc_b, E * F);
-    FD("experts_proj_w", p->experts_proj_w, gr->experts_proj_w, E * C * F);
-    FD("experts_proj_b", p->experts_proj_b, gr->experts_proj_b, E * C);
-    if (Fs > 0) {
-        FD("shared_fc_w", p->shared_fc_w, gr->shared_fc_w, Fs * C);
-        FD("shared_proj_w", p->shared_proj_w, gr->shared_proj_w, C * Fs);
-    }
-#undef FD
+    analytic(&f, 1.0f);
+    const size_t skipped =
+        fd_check_layer(&f, name, MAX_CHECKS, FD_MAX_SKIP, FD_MAX_SKIP_GATE, 0, __FILE__, __LINE__);
     EXPECT(skipped <= max_skipped, "%s: %zu entries skipped for routing changes, at most %zu allowed", name, skipped,
            max_skipped);
     fixture_free(&f);
@@ -557,7 +378,7 @@ static void test_errors(void) {
                m.gate.ka_n);
         mome_moe_free(&m);
     }
-    printf("%-62s %s\n", "gate mode errors rejected", "done");
+    printf("%-64s %s\n", "gate mode errors rejected", "done");
 }
 
 /* ------------------------------------------------------------------------------------------------ model */
@@ -568,12 +389,9 @@ static void test_errors(void) {
 static int32_t g_inputs[GB * GT], g_targets[GB * GT];
 
 static double gpt_loss(mome_gpt *m, int backward) {
-    mome_gpt_forward(m, g_inputs, GB, GT);
-    size_t nv = 0;
-    const double sum = mome_xent_forward_backward(m->logits, g_targets, (size_t)GB * GT, m->cfg.vocab_size,
-                                                  backward ? 1.0f / (GB * GT) : 0.0f, &nv);
+    const double ce = gpt_mean_xent(m, g_inputs, g_targets, GB, GT, backward);
     if (backward) mome_gpt_backward_ex(m, g_inputs, GB, GT, 0.0f);
-    return sum / (double)nv;
+    return ce;
 }
 
 static void test_model(void) {
@@ -605,7 +423,7 @@ static void test_model(void) {
         bad += moe->max_slots != 4 || moe->plan.k != 4 || moe->plan.n_rows != BT * 4 || moe->gate.layer != (uint32_t)l;
     }
     EXPECT(bad == 0 && fabs(m.dropped_frac) == 0.0, "gpt ALL: %zu layers with the wrong plan", bad);
-    printf("%-62s %s\n", "gpt ALL: buffers grown, every layer routes B*T*E rows", bad == 0 ? "ok" : "FAIL");
+    printf("%-64s %s\n", "gpt ALL: buffers grown, every layer routes B*T*E rows", bad == 0 ? "ok" : "FAIL");
 
     /* finite differences of the cross-entropy wrt gate_w in ALL mode (aux and z not in the loss here) */
     {
@@ -653,7 +471,7 @@ static void test_model(void) {
             bad += moe->gate.kind != MOME_GATE_KA || moe->plan.k != 3 || moe->gate.layer != (uint32_t)l;
         }
         EXPECT(bad == 0, "gpt: the gate mode did not survive set_inference (%zu layers)", bad);
-        printf("%-62s %s\n", "gpt: KA mode kept across set_inference + reserve", bad == 0 ? "ok" : "FAIL");
+        printf("%-64s %s\n", "gpt: KA mode kept across set_inference + reserve", bad == 0 ? "ok" : "FAIL");
         mome_gpt_free(&m2);
     }
     g = mode_of(MOME_GATE_KA, 9, 0.0f, 0, 0);
@@ -684,10 +502,5 @@ int main(void) {
     test_fd("KA n=3 lambda 0.5", &ka_cfg, &ka_half, 12, (size_t)-1);
     test_fd("KA n=2 lambda 1", &ka_cfg, &ka_one, 12, (size_t)-1);
     test_model();
-    if (failures) {
-        fprintf(stderr, "test_moe_modes: %d check(s) FAILED\n", failures);
-        return 1;
-    }
-    printf("test_moe_modes: all checks passed\n");
-    return 0;
+    return check_summary("test_moe_modes");
 }

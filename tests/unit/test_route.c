@@ -645,10 +645,5 @@ int main(void) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-    if (failures) {
-        fprintf(stderr, "test_route: %d checks failed\n", failures);
-        return 1;
-    }
-    printf("test_route: all checks passed\n");
-    return 0;
+    return check_summary("test_route");
 }

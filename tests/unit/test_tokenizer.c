@@ -621,10 +621,5 @@ int main(void) {
     free(train.p);
     free(py2.p);
     rmdir(dir);
-    if (failures) {
-        fprintf(stderr, "test_tokenizer: %d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_tokenizer: all checks passed\n");
-    return 0;
+    return check_summary("test_tokenizer");
 }
