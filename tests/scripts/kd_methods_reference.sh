@@ -6,14 +6,6 @@
 # AdamW router step) and writes it all to HDF5; tests/python/kd_methods_check.py recomputes everything with an
 # independent float64 torch implementation and exits 1 on any difference beyond its stated tolerances.
 # Needs torch, h5py and numpy under $PYTHON. A few seconds.
-set -euo pipefail
-: "${MOME_TOOLS_DIR:?run through ctest}" "${MOME_SOURCE_DIR:?run through ctest}"
-PYTHON=${PYTHON:-/usr/bin/python3}
-
-tmp=$(mktemp -d)
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-
-"$PYTHON" -c 'import torch, h5py, numpy' || { echo "FAIL: $PYTHON lacks torch, h5py or numpy" >&2; exit 1; }
+source "$MOME_SOURCE_DIR/tests/lib/reference.sh"
 timeout 120 "$MOME_TOOLS_DIR/kd_methods_dump" "$tmp/kd_methods_dump.h5" "$tmp"
 "$PYTHON" "$MOME_SOURCE_DIR/tests/python/kd_methods_check.py" "$tmp/kd_methods_dump.h5"

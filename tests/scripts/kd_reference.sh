@@ -3,14 +3,6 @@
 # logits, targets, the top-k targets and the fused KD + CE loss parts and gradients for (forward, reverse) x
 # (full, top-k) to HDF5; tests/python/kd_check.py recomputes all of it with torch autograd in float64 and exits 1
 # on any difference beyond its stated tolerances. Needs torch, h5py and numpy under $PYTHON.
-set -euo pipefail
-: "${MOME_TOOLS_DIR:?run through ctest}" "${MOME_SOURCE_DIR:?run through ctest}"
-PYTHON=${PYTHON:-/usr/bin/python3}
-
-tmp=$(mktemp -d)
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-
-"$PYTHON" -c 'import torch, h5py, numpy' || { echo "FAIL: $PYTHON lacks torch, h5py or numpy" >&2; exit 1; }
+source "$MOME_SOURCE_DIR/tests/lib/reference.sh"
 "$MOME_TOOLS_DIR/kd_dump" "$tmp/kd_dump.h5"
 "$PYTHON" "$MOME_SOURCE_DIR/tests/python/kd_check.py" "$tmp/kd_dump.h5"

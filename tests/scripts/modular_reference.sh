@@ -3,10 +3,6 @@
 # blocks, with and without a common trunk), a batch routed to single experts and to all of them, its logits, loss
 # and every gradient; tests/python/modular_check.py recomputes them with autograd in float64 and exits 1 on any
 # difference beyond its tolerances.
-set -euo pipefail
-: "${MOME_TOOLS_DIR:?run through ctest}" "${MOME_SOURCE_DIR:?run through ctest}"
-PYTHON=${PYTHON:-/usr/bin/python3}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+source "$MOME_SOURCE_DIR/tests/lib/reference.sh"
 "$MOME_TOOLS_DIR/modular_dump" "$tmp/modular.h5"
 "$PYTHON" "$MOME_SOURCE_DIR/tests/python/modular_check.py" "$tmp/modular.h5"

@@ -4,14 +4,6 @@
 # weights, outputs, routing, aux and z-loss and every gradient to HDF5; tests/python/moe_check.py recomputes all
 # of it with an independent float64 PyTorch implementation and exits 1 on any difference beyond its stated
 # tolerances. Needs torch, h5py and numpy under $PYTHON.
-set -euo pipefail
-: "${MOME_TOOLS_DIR:?run through ctest}" "${MOME_SOURCE_DIR:?run through ctest}"
-PYTHON=${PYTHON:-/usr/bin/python3}
-
-tmp=$(mktemp -d)
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-
-"$PYTHON" -c 'import torch, h5py, numpy' || { echo "FAIL: $PYTHON lacks torch, h5py or numpy" >&2; exit 1; }
+source "$MOME_SOURCE_DIR/tests/lib/reference.sh"
 "$MOME_TOOLS_DIR/moe_dump" "$tmp/moe_dump.h5"
 "$PYTHON" "$MOME_SOURCE_DIR/tests/python/moe_check.py" "$tmp/moe_dump.h5"
