@@ -7,13 +7,13 @@ Always: the invariants of the numbers (per part and layer: the sorted means are 
 top_k of them equal the activated mass, activated + non-activated = 1, activated >= top_k / E, the per-expert mean
 probabilities and routed shares sum to 1; the overall part is the token-weighted mean of the domains).
 With a checkpoint and a corpus: an independent recomputation. The MoE GPT is written here from its definition
-with torch ops in float64 (pre-LayerNorm blocks, causal attention, top-k gate by logit, combine weights
-renormalised for top_k > 1 and the raw probability for top_k = 1, shared expert), its weights read with h5py
-from the checkpoint, run over the validation windows read from CORPUS_DIR/tokens/<domain>.h5 (window w of a
-domain = val[w*T : w*T + T], up to the JSON's "windows" per domain), and the gate statistics are computed with
-numpy from the raw probabilities. Only a dropless model is recomputed (with capacity, which tokens are dropped
-depends on the batching and float rounding). Every number of the JSON is compared, tolerance stated; the exit
-status is 1 if any check fails.
+with torch ops in float64 (pre-LayerNorm blocks, the causal attention of torch_check.py, top-k gate by logit,
+combine weights renormalised for top_k > 1 and the raw probability for top_k = 1, shared expert), its weights
+read with h5py from the checkpoint, run over the validation windows read from CORPUS_DIR/tokens/<domain>.h5
+(window w of a domain = val[w*T : w*T + T], up to the JSON's "windows" per domain), and the gate statistics are
+computed with numpy from the raw probabilities. Only a dropless model is recomputed (with capacity, which tokens
+are dropped depends on the batching and float rounding). Every number of the JSON is compared, tolerance stated;
+the exit status is 1 if any check fails.
 """
 import configparser
 import json
@@ -84,22 +84,18 @@ def read_config(f):
     return cp
 
 
-def forward_gates(P, idx, c, torch, F):
+def forward_gates(P, idx, c):
     """Runs the MoE GPT on idx (B, T) in float64; returns per layer (probs (B*T, E), chosen (B*T, k), logit
     margin between the k-th and (k+1)-th logit (B*T,))."""
+    import torch  # only here and in recompute: the invariants alone need no torch
+    import torch.nn.functional as F
+    from torch_check import attention, embed, layer
     L, NH, C, E, k = c["L"], c["NH"], c["C"], c["E"], c["k"]
     B, T = idx.shape
-    hs = C // NH
-    x = P["wte"][idx] + P["wpe"][:T].unsqueeze(0)
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    x = embed(P, idx)
     out = []
     for l in range(L):
-        h = F.layer_norm(x, (C,), P["blocks/ln1_w"][l], P["blocks/ln1_b"][l], eps=1e-5)
-        q, kk, v = F.linear(h, P["blocks/qkv_w"][l], P["blocks/qkv_b"][l]).split(C, dim=-1)
-        q, kk, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in (q, kk, v))
-        att = ((q @ kk.transpose(-2, -1)) / math.sqrt(hs)).masked_fill(~mask, float("-inf")).softmax(-1)
-        x = x + F.linear((att @ v).transpose(1, 2).reshape(B, T, C), P["blocks/attn_proj_w"][l],
-                         P["blocks/attn_proj_b"][l])
+        x = attention(x, layer(P, l), NH)
         h = F.layer_norm(x, (C,), P["blocks/ln2_w"][l], P["blocks/ln2_b"][l], eps=1e-5).reshape(B * T, C)
         logits = h @ P["blocks/gate_w"][l].t()
         probs = logits.softmax(-1)
@@ -126,8 +122,7 @@ def forward_gates(P, idx, c, torch, F):
 
 
 def recompute(g, ckpt, corpus):
-    import torch  # only here: the invariants alone need no torch
-    import torch.nn.functional as F
+    import torch  # only here and in forward_gates: the invariants alone need no torch
     with h5py.File(ckpt, "r") as f:
         cp = read_config(f)
         P = {}
@@ -155,7 +150,7 @@ def recompute(g, ckpt, corpus):
             fail(f"domain {d}: no validation window of {T + 1} tokens to recompute")
             return
         idx = torch.from_numpy(np.stack([val[w * T:w * T + T] for w in range(W)]))
-        layers = forward_gates(P, idx, c, torch, F)
+        layers = forward_gates(P, idx, c)
         ref[d] = (W * T, layers)
     parts = {d: [ref[d]] for d in g["domains"]}
     parts["overall"] = [ref[d] for d in g["domains"]]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from kd_check import kd_loss
 from refcheck import check, failures
-from torch_check import gpt_forward
+from torch_check import attention, embed, gpt_forward, head, layer
 
 # (rtol, atol) per quantity: mome is float32 end to end, the reference float64 from the same float32 inputs.
 TOL = {
@@ -134,24 +134,15 @@ def teacher_forward(P, idx, cfg, mode, sets=None):
     """Logits (B*T, V) of the MoE teacher and the per-layer gate info. sets: (L, N, n) for mode 'ka'."""
     L, NH, C = cfg["L"], cfg["NH"], cfg["C"]
     B, T = idx.shape
-    hs = C // NH
-    x = P["wte"][idx] + P["wpe"][:T].unsqueeze(0)
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    x = embed(P, idx)
     layers = []
     for l in range(L):
-        h = F.layer_norm(x, (C,), P["blocks/ln1_w"][l], P["blocks/ln1_b"][l], eps=1e-5)
-        qkv = F.linear(h, P["blocks/qkv_w"][l], P["blocks/qkv_b"][l])
-        q, k, v = (u.view(B, T, NH, hs).transpose(1, 2) for u in qkv.split(C, dim=-1))
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
-        x = x + F.linear((att @ v).transpose(1, 2).reshape(B, T, C), P["blocks/attn_proj_w"][l],
-                         P["blocks/attn_proj_b"][l])
+        x = attention(x, layer(P, l), NH)
         h = F.layer_norm(x, (C,), P["blocks/ln2_w"][l], P["blocks/ln2_b"][l], eps=1e-5)
         y, info = moe_layer(P, l, h.reshape(B * T, C), mode, cfg, None if sets is None else sets[l])
         x = x + y.view(B, T, C)
         layers.append(info)
-    x = F.layer_norm(x, (C,), P["ln_f_w"], P["ln_f_b"], eps=1e-5)
-    return F.linear(x, P["wte"]).reshape(B * T, -1), layers
+    return head(P, x).reshape(B * T, -1), layers
 
 
 def topk_targets(t, T, k):

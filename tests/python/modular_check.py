@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
 """modular_check.py — recompute what tests/tools/modular_dump wrote with an independent PyTorch implementation
-of the modular student (modular.h): shared embedding and tied head, expert trunks of pre-LayerNorm GPT blocks,
-an optional common trunk; a sequence's hidden state is the mean of the trunks it went through (its expert, all
+of the modular student (modular.h): shared embedding and tied head, expert trunks of pre-LayerNorm GPT blocks
+(torch_check.block), an optional common trunk; a sequence's hidden state is the mean of the trunks it went through (its expert, all
 experts for route -1, and the common trunk). Compares logits, loss and every gradient (autograd).
 
 Usage: /usr/bin/python3 modular_check.py DUMP.h5     (exit 1 on any difference beyond the stated tolerances)
 """
-import math
 import sys
 
 import h5py
@@ -15,23 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from refcheck import check, failures
+from torch_check import block
 
 LEAVES = ["ln1_w", "ln1_b", "qkv_w", "qkv_b", "attn_proj_w", "attn_proj_b", "ln2_w", "ln2_b", "fc_w", "fc_b",
           "fc_proj_w", "fc_proj_b"]
-
-
-def block(x, W, NH):
-    B, T, C = x.shape
-    hs = C // NH
-    h = F.layer_norm(x, (C,), W["ln1_w"], W["ln1_b"], eps=1e-5)
-    q, k, v = F.linear(h, W["qkv_w"], W["qkv_b"]).split(C, dim=-1)
-    q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in (q, k, v))
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
-    att = att.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf")).softmax(-1)
-    x = x + F.linear((att @ v).transpose(1, 2).reshape(B, T, C), W["attn_proj_w"], W["attn_proj_b"])
-    h = F.layer_norm(x, (C,), W["ln2_w"], W["ln2_b"], eps=1e-5)
-    return x + F.linear(F.gelu(F.linear(h, W["fc_w"], W["fc_b"]), approximate="tanh"), W["fc_proj_w"],
-                        W["fc_proj_b"])
 
 
 def trunk(x, P, prefix, index, L, NH):

@@ -38,30 +38,49 @@ NAMES = ["wte", "wpe", "blocks/ln1_w", "blocks/ln1_b", "blocks/qkv_w", "blocks/q
          "blocks/attn_proj_b", "blocks/ln2_w", "blocks/ln2_b", "blocks/fc_w", "blocks/fc_b", "blocks/fc_proj_w",
          "blocks/fc_proj_b", "ln_f_w", "ln_f_b"]
 
+def embed(P, idx):
+    """Token plus position embeddings (B, T, C) of idx (B, T)."""
+    return P["wte"][idx] + P["wpe"][:idx.shape[1]].unsqueeze(0)
+
+
+def layer(P, l):
+    """The weights of block l by leaf name (ln1_w, qkv_w, ...): layer l of every stacked blocks/<leaf> of P."""
+    return {n[len("blocks/"):]: v[l] for n, v in P.items() if n.startswith("blocks/")}
+
+
+def attention(x, W, NH):
+    """x (B, T, C) plus the causal self-attention of a pre-LayerNorm block with weights W (ln1, qkv, attn_proj)."""
+    B, T, C = x.shape
+    hs = C // NH
+    h = F.layer_norm(x, (C,), W["ln1_w"], W["ln1_b"], eps=1e-5)
+    qkv = F.linear(h, W["qkv_w"], W["qkv_b"])
+    q, k, v = (u.view(B, T, NH, hs).transpose(1, 2) for u in qkv.split(C, dim=-1))
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+    att = F.softmax(att.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf")), dim=-1)
+    return x + F.linear((att @ v).transpose(1, 2).reshape(B, T, C), W["attn_proj_w"], W["attn_proj_b"])
+
+
+def block(x, W, NH):
+    """A dense pre-LayerNorm GPT-2 block: attention, then x plus the GELU MLP (ln2, fc, fc_proj)."""
+    x = attention(x, W, NH)
+    h = F.layer_norm(x, (x.shape[-1],), W["ln2_w"], W["ln2_b"], eps=1e-5)
+    h = F.gelu(F.linear(h, W["fc_w"], W["fc_b"]), approximate="tanh")
+    return x + F.linear(h, W["fc_proj_w"], W["fc_proj_b"])
+
+
+def head(P, x):
+    """Logits of the tied head after the final LayerNorm."""
+    x = F.layer_norm(x, (x.shape[-1],), P["ln_f_w"], P["ln_f_b"], eps=1e-5)
+    return F.linear(x, P["wte"])
+
+
 def gpt_forward(P, idx, cfg):
     """Logits (B, T, V) of the pre-LayerNorm GPT-2 with tied head."""
     V, Tm, L, NH, C, Fd = cfg
-    B, T = idx.shape
-    hs = C // NH
-    x = P["wte"][idx] + P["wpe"][:T].unsqueeze(0)
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    x = embed(P, idx)
     for l in range(L):
-        h = F.layer_norm(x, (C,), P["blocks/ln1_w"][l], P["blocks/ln1_b"][l], eps=1e-5)
-        qkv = F.linear(h, P["blocks/qkv_w"][l], P["blocks/qkv_b"][l])
-        q, k, v = qkv.split(C, dim=-1)
-        q = q.view(B, T, NH, hs).transpose(1, 2)
-        k = k.view(B, T, NH, hs).transpose(1, 2)
-        v = v.view(B, T, NH, hs).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-        att = att.masked_fill(~mask, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)
-        x = x + F.linear(y, P["blocks/attn_proj_w"][l], P["blocks/attn_proj_b"][l])
-        h = F.layer_norm(x, (C,), P["blocks/ln2_w"][l], P["blocks/ln2_b"][l], eps=1e-5)
-        h = F.gelu(F.linear(h, P["blocks/fc_w"][l], P["blocks/fc_b"][l]), approximate="tanh")
-        x = x + F.linear(h, P["blocks/fc_proj_w"][l], P["blocks/fc_proj_b"][l])
-    x = F.layer_norm(x, (C,), P["ln_f_w"], P["ln_f_b"], eps=1e-5)
-    return F.linear(x, P["wte"])
+        x = block(x, layer(P, l), NH)
+    return head(P, x)
 
 
 def lr_at(step, lr, min_lr, warmup, total):
