@@ -10,6 +10,7 @@ number, so that a run of a few trials covers every kind; the rest (ranks, step, 
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,14 @@ class Ctx:
         rc = p.wait()
         p.logfile.close()
         return rc, time.monotonic() - p.t0
+
+    def resume(self, world, d, extra=()):
+        """Restarts a trial's run "cut" (in d, checkpoints in d/ckpt) with train.resume=auto, logging to
+        d/resume.log; returns (exit code, the step it says it resumed at, 0 when none)."""
+        log = os.path.join(d, "resume.log")
+        rc, _ = self.run(self.train_cmd(world, "cut", "ckpt", list(extra) + ["train.resume=auto"]), log, d)
+        m = re.search(r"resumed from \S+ at step (\d+)", read(log))
+        return rc, int(m.group(1)) if m else 0
 
     def reference(self, world, extra=(), mpi_extra=(), prefix=(), label=""):
         """An uninterrupted run (cached): its directory, holding ckpt/ref/step_*.h5 and runs/ref/."""
@@ -246,6 +255,17 @@ def compare_ckpt(a, b):
         if not names:
             diff.append("no tensors found")
     return diff
+
+
+def check_end_state(t, ref, ckdir, ended, how):
+    """Checks that a trial's run ended (`ended`) with the final checkpoint in ckdir bit-identical to the one of the
+    uninterrupted run ref (Ctx.reference): the trial counts as lost otherwise, and notes `how` it got there if so."""
+    diff = compare_ckpt(os.path.join(ref, "ckpt", "ref", "step_%08d.h5" % STEPS),
+                        os.path.join(ckdir, "step_%08d.h5" % STEPS)) if ended else ["no end"]
+    t.check(not diff, f"end state differs from the uninterrupted run: {diff[:4]}")
+    t.lost = 1 if diff else 0
+    if not diff:
+        t.note(f"{how}, end state bit-identical")
 
 
 def close_ckpt(a, b):

@@ -74,16 +74,10 @@ def trial(ctx, t):
     want = ((step - 1) // fl.EVERY) * fl.EVERY
     ck = fl.latest_step(ckdir)
     t.check(ck == (want or None), f"latest = {ck}, expected the last good checkpoint {want}")
-    rc2, _ = ctx.run(ctx.train_cmd(world, "cut", "ckpt", extra + ["train.resume=auto"]),
-                     os.path.join(d, "resume.log"), d)
+    rc2, _ = ctx.resume(world, d, extra)
     t.check(rc2 == 0, f"restart exit {rc2}")
     t.redone = last - want
-    diff = fl.compare_ckpt(os.path.join(ref, "ckpt", "ref", "step_%08d.h5" % fl.STEPS),
-                           os.path.join(ckdir, "step_%08d.h5" % fl.STEPS)) if rc2 == 0 else ["no end"]
-    t.check(not diff, f"end state differs from the uninterrupted run: {diff[:4]}")
-    t.lost = 1 if diff else 0
-    if not diff:
-        t.note(f"resumed at step {want} without the fault, end state bit-identical")
+    fl.check_end_state(t, ref, ckdir, rc2 == 0, f"resumed at step {want} without the fault")
 
 
 def run(ctx, trials, seed, only=None):

@@ -65,17 +65,10 @@ def trial(ctx, t):
             cur = f["data/cursor"][()]
             t.check(len(cur) == world and all(c == ck * (12 // world) for c in cur),
                     f"data cursors {list(cur)} do not all say step {ck}")
-    rc2, _ = ctx.run(ctx.train_cmd(world, "cut", "ckpt", ["train.resume=auto"]), os.path.join(d, "resume.log"), d)
-    m2 = re.search(r"resumed from \S+ at step (\d+)", fl.read(os.path.join(d, "resume.log")))
-    start = int(m2.group(1)) if m2 else 0
+    rc2, start = ctx.resume(world, d)
     t.check(rc2 == 0 and start == (ck or 0), f"restart exit {rc2}, resumed at step {start}, latest was {ck}")
     t.redone = max(0, (stop or at) - start)
-    diff = fl.compare_ckpt(os.path.join(ref, "ckpt", "ref", "step_%08d.h5" % fl.STEPS),
-                           os.path.join(ckdir, "step_%08d.h5" % fl.STEPS)) if rc2 == 0 else ["no end"]
-    t.check(not diff, f"end state differs from the uninterrupted run: {diff[:4]}")
-    t.lost = 1 if diff else 0
-    if not diff:
-        t.note(f"resumed at step {start}, {t.redone} step(s) redone, end state bit-identical")
+    fl.check_end_state(t, ref, ckdir, rc2 == 0, f"resumed at step {start}, {t.redone} step(s) redone")
 
 
 def run(ctx, trials, seed, only=None):
