@@ -1,8 +1,22 @@
-"""Shared by the experiment reports (launch/experiments/*_report.py): a run's monitor records, `mome eval` tables,
-mean and standard deviation over seeds, and their formatting."""
+"""Shared by the experiment reports (launch/experiments/*_report.py): their command line, a run's monitor records,
+`mome eval` tables, mean and standard deviation over seeds, and their formatting."""
+import argparse
 import json
 import math
+import os
 import statistics
+
+
+def report_args(out):
+    """The command line of a report: --seeds N (the runs of seeds 1..N), --out (the experiment's directory, default
+    out), --img (where the plots go, created). Returns (args, seeds)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--img", default="docs/img")
+    args = ap.parse_args()
+    os.makedirs(args.img, exist_ok=True)
+    return args, list(range(1, args.seeds + 1))
 
 
 def records(run, topic):

@@ -1,7 +1,6 @@
 #!/usr/bin/python3
 """Tables and plots of launch/experiments/modular: reads runs/mx-*/metrics.jsonl and experiments/modular/eval/,
 writes experiments/modular/results.json, experiments/modular/report.md and docs/img/exp-*.png."""
-import argparse
 import json
 import os
 import statistics
@@ -13,15 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from expstats import final_eval, fmt, ms, records, table_file  # noqa: E402
+from expstats import final_eval, fmt, ms, records, report_args, table_file  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--seeds", type=int, default=3)
-ap.add_argument("--out", default="experiments/modular")
-ap.add_argument("--img", default="docs/img")
-args = ap.parse_args()
-seeds = list(range(1, args.seeds + 1))
-os.makedirs(args.img, exist_ok=True)
+args, seeds = report_args("experiments/modular")
 
 
 teacher = {d: v["loss"] for d, v in table_file(f"{args.out}/eval/teacher.txt").items()}

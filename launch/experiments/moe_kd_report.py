@@ -1,7 +1,6 @@
 #!/usr/bin/python3
 """Tables and plots of launch/experiments/moe-kd: reads runs/ek-*/metrics.jsonl and experiments/moe-kd/eval/,
 writes experiments/moe-kd/results.json, experiments/moe-kd/report.md and docs/img/exp-moe-kd*.png."""
-import argparse
 import json
 import math
 import os
@@ -14,15 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from expstats import final_eval, fmt, ms, records, table_file  # noqa: E402
+from expstats import final_eval, fmt, ms, records, report_args, table_file  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--seeds", type=int, default=3)
-ap.add_argument("--out", default="experiments/moe-kd")
-ap.add_argument("--img", default="docs/img")
-args = ap.parse_args()
-seeds = list(range(1, args.seeds + 1))
-os.makedirs(args.img, exist_ok=True)
+args, seeds = report_args("experiments/moe-kd")
 
 # method label -> run name prefix, in the order of the tables
 methods = {
