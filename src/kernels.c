@@ -1,7 +1,7 @@
 /* kernels.c — forward/backward kernels of the dense GPT (see kernels.h): encoder, layernorm, matmul, causal
  * attention, GELU (tanh) and residual add, plus plain-loop references for matmul and attention.
  *
- * Every matrix product goes through cblas_sgemm. Element-wise and row-wise loops use OpenMP with a static
+ * The linear layers' products go through mome_gemm (gemm.c), the attention's per-head ones through cblas_sgemm. Element-wise and row-wise loops use OpenMP with a static
  * schedule; reductions over rows (bias, LayerNorm and embedding gradients) are split by columns so that each
  * output is summed by one thread in a fixed order: results never depend on scheduling. The losses live in
  * loss.c, the model in model.c.
@@ -17,6 +17,7 @@
 #endif
 
 #include "mome/common.h"
+#include "mome/gemm.h"
 #include "vmath.h"
 
 #define LN_EPS 1e-5f
@@ -185,13 +186,7 @@ void mome_matmul_forward(float *out, const float *inp, const float *w, const flo
     // out is (N,OC), inp is (N,IC), w is (OC,IC), bias is (OC) or NULL
     MOME_CHECK(N <= INT_MAX && IC > 0 && OC > 0, "matmul: bad sizes N=%zu IC=%d OC=%d", N, IC, OC);
     if (N == 0) return;
-    float beta = 0.0f;
-    if (bias) {
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < N; i++) memcpy(out + i * (size_t)OC, bias, (size_t)OC * sizeof(float));
-        beta = 1.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, OC, IC, 1.0f, inp, IC, w, IC, beta, out, OC);
+    mome_gemm(0, 1, (int)N, OC, IC, inp, IC, w, IC, bias, 0.0f, out, OC);
 }
 
 static void matmul_backward(float *dinp, float dinp_beta, float *dw, float *dbias, const float *dout,
@@ -199,10 +194,8 @@ static void matmul_backward(float *dinp, float dinp_beta, float *dw, float *dbia
     // dinp is (N,IC) or NULL, dw is (OC,IC), dbias is (OC) or NULL, dout is (N,OC), inp is (N,IC), w is (OC,IC)
     MOME_CHECK(N <= INT_MAX && IC > 0 && OC > 0, "matmul: bad sizes N=%zu IC=%d OC=%d", N, IC, OC);
     if (N == 0) return;
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, IC, OC, 1.0f, dout, OC, w, IC, dinp_beta,
-                    dinp, IC);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, (int)N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+    if (dinp) mome_gemm(0, 0, (int)N, IC, OC, dout, OC, w, IC, NULL, dinp_beta, dinp, IC);
+    mome_gemm(1, 0, OC, IC, (int)N, dout, OC, inp, IC, NULL, 1.0f, dw, IC);
     if (dbias) column_sum_acc(dbias, dout, N, OC, (size_t)OC);
 }
 
@@ -215,6 +208,22 @@ void mome_matmul_backward_to(float *dinp, float *dw, float *dbias, const float *
                              const float *w, size_t N, int IC, int OC) {
     MOME_CHECK(dinp != NULL, "matmul backward_to: dinp is NULL");
     matmul_backward(dinp, 0.0f, dw, dbias, dout, inp, w, N, IC, OC);
+}
+
+void mome_matmul_gelu_forward(float *h, float *a, const float *inp, const float *w, const float *bias, size_t N,
+                              int IC, int OC) {
+    MOME_CHECK(N <= INT_MAX && IC > 0 && OC > 0, "matmul: bad sizes N=%zu IC=%d OC=%d", N, IC, OC);
+    if (N == 0) return;
+    mome_gemm_gelu(0, 1, (int)N, OC, IC, inp, IC, w, IC, bias, h, a, OC);
+}
+
+void mome_matmul_gelu_backward(float *dh, float *dw, float *dbias, const float *dout, const float *inp,
+                               const float *h, const float *w, size_t N, int IC, int OC) {
+    MOME_CHECK(N <= INT_MAX && IC > 0 && OC > 0, "matmul: bad sizes N=%zu IC=%d OC=%d", N, IC, OC);
+    if (N == 0) return;
+    mome_gemm_gelu_grad(0, 0, (int)N, IC, OC, dout, OC, w, IC, h, dh, IC);
+    mome_gemm(1, 0, OC, IC, (int)N, dout, OC, inp, IC, NULL, 1.0f, dw, IC);
+    if (dbias) column_sum_acc(dbias, dout, N, OC, (size_t)OC);
 }
 
 void mome_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC,
@@ -461,35 +470,22 @@ void mome_attention_backward_ref(float *dqkv, const float *dout, const float *qk
 /* tanh through vm_tanhf (vmath.h, ~2 ulp): libm's tanhf is a scalar call and made GELU cost more than the
  * products around it. */
 
-#define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
-
 void mome_gelu_forward(float *out, const float *inp, size_t n) {
     // out and inp are (n)
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        const float x = inp[i];
-        const float cube = 0.044715f * x * x * x;
-        out[i] = 0.5f * x * (1.0f + vm_tanhf(GELU_SCALING_FACTOR * (x + cube)));
-    }
-}
-
-static inline float gelu_grad(float x) {
-    const float cube = 0.044715f * x * x * x;
-    const float th = vm_tanhf(GELU_SCALING_FACTOR * (x + cube));
-    const float sech2 = 1.0f - th * th;
-    return 0.5f * (1.0f + th) + x * 0.5f * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+    for (size_t i = 0; i < n; i++) out[i] = vm_gelu(inp[i]);
 }
 
 void mome_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
     // dinp, inp and dout are (n)
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
+    for (size_t i = 0; i < n; i++) dinp[i] += vm_gelu_grad(inp[i]) * dout[i];
 }
 
 void mome_gelu_backward_to(float *dinp, const float *inp, const float *dout, size_t n) {
     // dinp, inp and dout are (n)
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
+    for (size_t i = 0; i < n; i++) dinp[i] = vm_gelu_grad(inp[i]) * dout[i];
 }
 
 /* ----------------------------------------------------------------------------------------------- residual */

@@ -63,6 +63,21 @@ static inline float vm_tanhf(float x) {
 }
 
 /* Largest of x[0..n) (n >= 1); NaN entries are ignored unless all are NaN. */
+/* GELU (tanh form) and its derivative, on vm_tanhf */
+#define VM_GELU_SCALING 0.7978845608028654f /* sqrt(2/pi) */
+
+static inline float vm_gelu(float x) {
+    const float cube = 0.044715f * x * x * x;
+    return 0.5f * x * (1.0f + vm_tanhf(VM_GELU_SCALING * (x + cube)));
+}
+
+static inline float vm_gelu_grad(float x) {
+    const float cube = 0.044715f * x * x * x;
+    const float th = vm_tanhf(VM_GELU_SCALING * (x + cube));
+    const float sech2 = 1.0f - th * th;
+    return 0.5f * (1.0f + th) + x * 0.5f * sech2 * VM_GELU_SCALING * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
 static inline float vm_max(const float *x, int n) {
     float acc[VM_LANES];
     for (int j = 0; j < VM_LANES; j++) acc[j] = -INFINITY;

@@ -4,8 +4,9 @@
  *  - outputs first, then inputs and weights, then sizes; every buffer has a shape comment;
  *  - tensors are row-major float32; weights are (out, in) like PyTorch nn.Linear;
  *  - backward kernels ACCUMULATE (+=) into every gradient they write, so callers zero them first;
- *  - every matrix product goes through cblas_sgemm (OpenBLAS); the *_ref variants are plain loops kept to test
- *    the sgemm versions against;
+ *  - the linear layers' products go through mome_gemm (gemm.h: mome's AVX-512 kernel, else cblas_sgemm), the
+ *    attention's per-head products through cblas_sgemm (OpenBLAS); the *_ref variants are plain loops kept to
+ *    test them against;
  *  - results are bit-identical from run to run for a given thread count: loops are split statically and no
  *    reduction depends on scheduling.
  * The losses (cross-entropy over the vocabulary) are in loss.h; composition into a model is in model.c.
@@ -41,6 +42,14 @@ void mome_matmul_backward(float *dinp, float *dw, float *dbias, const float *dou
  * accumulate): saves zeroing dinp and reading it back. */
 void mome_matmul_backward_to(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                              const float *w, size_t N, int IC, int OC);
+/* The MLP's two GELU neighbours, with GELU fused into the product (gemm.h):
+ * forward:  h (N,OC) = inp · w^T + bias, a (N,OC) = gelu(h)   (the first linear layer and its activation);
+ * backward: dh (N,IC) = (dout · w) * gelu'(h), overwritten; dw (OC,IC) += dout^T · inp; dbias += column sums of
+ *           dout   (the second linear layer, whose input inp = gelu(h), and the activation's backward pass). */
+void mome_matmul_gelu_forward(float *h, float *a, const float *inp, const float *w, const float *bias, size_t N,
+                              int IC, int OC);
+void mome_matmul_gelu_backward(float *dh, float *dw, float *dbias, const float *dout, const float *inp,
+                               const float *h, const float *w, size_t N, int IC, int OC);
 /* Naive-loop references with the same contract. */
 void mome_matmul_forward_ref(float *out, const float *inp, const float *w, const float *bias, size_t N, int IC,
                              int OC);

@@ -1,0 +1,147 @@
+/* test_gemm.c — mome_gemm and its GELU epilogues (gemm.h) against a float64 loop, over every transpose, shapes
+ * that leave partial tiles (rows not a multiple of 12, columns not a multiple of 32 or 16, K over several blocks
+ * and not a multiple of 16), strided operands, bias and accumulation; then the promises the model relies on:
+ * the same bits on 1 and 2 threads, and a row's result independent of the other rows in the call. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "check.h"
+#include "mome/gemm.h"
+#include "vmath.h"
+
+static void fill(float *x, size_t n, mome_rng *rng) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)mome_rng_normal(rng);
+}
+
+/* op(X)[i][k] of a row-major X with leading dimension ld */
+static double at(const float *X, int ld, int trans, int i, int k) {
+    return trans ? X[(size_t)k * ld + i] : X[(size_t)i * ld + k];
+}
+
+/* C = op(A) op(B) (+ C0 if beta) (+ bias) in float64; also the scale sum |a||b| per element for the tolerance */
+static void reference(double *R, double *S, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                      const float *B, int ldb, const float *bias, float beta, const float *C0, int ldc) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0.0, sa = 0.0;
+            for (int k = 0; k < K; k++) {
+                const double p = at(A, lda, ta, i, k) * at(B, ldb, tb, k, j);
+                s += p;
+                sa += fabs(p);
+            }
+            if (beta != 0.0f) s += C0[(size_t)i * ldc + j], sa += fabs(C0[(size_t)i * ldc + j]);
+            if (bias) s += bias[j], sa += fabs(bias[j]);
+            R[(size_t)i * N + j] = s;
+            S[(size_t)i * N + j] = sa;
+        }
+}
+
+/* worst |got - ref| / (sum |terms| + 1) over the M x N block of got (stride ldc) */
+static double worst(const float *got, int ldc, const double *R, const double *S, int M, int N) {
+    double w = 0.0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            const double d = fabs((double)got[(size_t)i * ldc + j] - R[(size_t)i * N + j]);
+            w = isnan(d) ? INFINITY : fmax(w, d / (S[(size_t)i * N + j] + 1.0));
+        }
+    return w;
+}
+
+static void one_case(int ta, int tb, int M, int N, int K, int pad, int with_bias, float beta, mome_rng *rng) {
+    /* leading dimensions padded by `pad` so that strided operands are exercised */
+    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B), *C = malloc(nc * sizeof *C);
+    float *C0 = malloc(nc * sizeof *C0), *bias = malloc((size_t)N * sizeof *bias);
+    double *R = malloc((size_t)M * N * sizeof *R), *S = malloc((size_t)M * N * sizeof *S);
+    fill(A, na, rng);
+    fill(B, nb, rng);
+    fill(C0, nc, rng);
+    fill(bias, (size_t)N, rng);
+    memcpy(C, C0, nc * sizeof *C);
+    mome_gemm(ta, tb, M, N, K, A, lda, B, ldb, with_bias ? bias : NULL, beta, C, ldc);
+    reference(R, S, ta, tb, M, N, K, A, lda, B, ldb, with_bias ? bias : NULL, beta, C0, ldc);
+    char what[128];
+    snprintf(what, sizeof what, "gemm %c%c M=%d N=%d K=%d pad=%d bias=%d beta=%g", ta ? 'T' : 'N', tb ? 'T' : 'N', M,
+             N, K, pad, with_bias, (double)beta);
+    REPORT(what, worst(C, ldc, R, S, M, N), 1.0, 1e-6);
+    /* the padding columns of C are not touched */
+    int untouched = 1;
+    for (int i = 0; i < M; i++)
+        for (int j = N; j < ldc; j++) untouched &= C[(size_t)i * ldc + j] == C0[(size_t)i * ldc + j];
+    CHECK(untouched);
+
+    /* GELU epilogues (beta 0): h and a = gelu(h); dh = product * gelu'(h0) */
+    float *h = malloc(nc * sizeof *h), *a = malloc(nc * sizeof *a), *dh = malloc(nc * sizeof *dh);
+    mome_gemm_gelu(ta, tb, M, N, K, A, lda, B, ldb, with_bias ? bias : NULL, h, a, ldc);
+    reference(R, S, ta, tb, M, N, K, A, lda, B, ldb, with_bias ? bias : NULL, 0.0f, NULL, ldc);
+    snprintf(what, sizeof what, "gemm_gelu %c%c M=%d N=%d K=%d: h", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K);
+    REPORT(what, worst(h, ldc, R, S, M, N), 1.0, 1e-6);
+    int gelu_exact = 1, grad_exact = 1;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) gelu_exact &= a[(size_t)i * ldc + j] == vm_gelu(h[(size_t)i * ldc + j]);
+    CHECK(gelu_exact); /* a is gelu of the stored h, bit for bit */
+    mome_gemm(ta, tb, M, N, K, A, lda, B, ldb, NULL, 0.0f, C, ldc); /* the plain product */
+    mome_gemm_gelu_grad(ta, tb, M, N, K, A, lda, B, ldb, C0, dh, ldc);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            const size_t o = (size_t)i * ldc + j;
+            grad_exact &= dh[o] == C[o] * vm_gelu_grad(C0[o]);
+        }
+    CHECK(grad_exact);
+    free(h), free(a), free(dh);
+    free(A), free(B), free(C), free(C0), free(bias), free(R), free(S);
+}
+
+/* same bits on 1 and 2 threads, and rows [r0, r1) computed alone equal the same rows of the whole call */
+static void determinism(int ta, int tb, int M, int N, int K, mome_rng *rng) {
+    const int lda = ta ? M : K, ldb = tb ? K : N;
+    const size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
+    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);
+    float *C1 = malloc(nc * sizeof *C1), *C2 = malloc(nc * sizeof *C2), *bias = malloc((size_t)N * sizeof *bias);
+    fill(A, na, rng);
+    fill(B, nb, rng);
+    fill(bias, (size_t)N, rng);
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    mome_gemm(ta, tb, M, N, K, A, lda, B, ldb, bias, 0.0f, C1, N);
+    omp_set_num_threads(2);
+    mome_gemm(ta, tb, M, N, K, A, lda, B, ldb, bias, 0.0f, C2, N);
+    omp_set_num_threads(saved);
+    CHECK(memcmp(C1, C2, nc * sizeof *C1) == 0);
+#else
+    mome_gemm(ta, tb, M, N, K, A, lda, B, ldb, bias, 0.0f, C1, N);
+#endif
+    if (!ta && mome_gemm_native()) {
+        /* rows 5 .. M-7 alone (more than 16 of them, so the same kernel runs): the same bits */
+        const int r0 = 5, r1 = M - 7;
+        memset(C2, 0, nc * sizeof *C2);
+        mome_gemm(ta, tb, r1 - r0, N, K, A + (size_t)r0 * lda, lda, B, ldb, bias, 0.0f, C2 + (size_t)r0 * N, N);
+        CHECK(memcmp(C1 + (size_t)r0 * N, C2 + (size_t)r0 * N, (size_t)(r1 - r0) * N * sizeof *C1) == 0);
+    }
+    free(A), free(B), free(C1), free(C2), free(bias);
+}
+
+int main(void) {
+    mome_rng rng;
+    mome_rng_seed(&rng, 7);
+    printf("native kernel: %s\n", mome_gemm_native() ? "yes (AVX-512)" : "no (cblas_sgemm)");
+    const int shapes[][3] = {{1, 17, 5},   {16, 16, 16},  {17, 33, 31},  {37, 70, 300}, {100, 64, 257},
+                             {25, 511, 40}, {130, 48, 600}, {12, 1000, 3}, {61, 100, 0}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                one_case(ta, tb, M, N, K, 0, 0, 0.0f, &rng);
+                one_case(ta, tb, M, N, K, 3, 1, 1.0f, &rng);
+            }
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) determinism(ta, tb, 203, 160, 530, &rng);
+    mome_gemm_release();
+    return check_summary("test_gemm");
+}
