@@ -26,8 +26,7 @@ void mome_block_attn_forward(const mome_block_weights *p, const mome_block_acts 
 void mome_block_mlp_forward(const mome_block_weights *p, const mome_block_acts *a, const mome_block_scratch *s,
                             int B, int T, int C, int F, double *prof) {
     const size_t BT = (size_t)B * (size_t)T;
-    MOME_TIMED(prof, MOME_PROF_FFN, mome_matmul_forward(a->fch, a->ln2, p->fcw, p->fcb, BT, C, F));
-    MOME_TIMED(prof, MOME_PROF_FFN, mome_gelu_forward(a->fch_gelu, a->fch, BT * (size_t)F));
+    MOME_TIMED(prof, MOME_PROF_FFN, mome_matmul_gelu_forward(a->fch, a->fch_gelu, a->ln2, p->fcw, p->fcb, BT, C, F));
     MOME_TIMED(prof, MOME_PROF_FFN, mome_matmul_forward(s->proj, a->fch_gelu, p->fcprojw, p->fcprojb, BT, F, C));
 }
 
@@ -42,9 +41,8 @@ void mome_block_mlp_backward(const mome_block_weights *g, const mome_block_weigh
                              double *prof) {
     const size_t BT = (size_t)B * (size_t)T;
     // dres holds d(res3); res3 = res2 + fcproj, so it is also d(fcproj)
-    MOME_TIMED(prof, MOME_PROF_FFN, mome_matmul_backward_to(s->dfch_gelu, g->fcprojw, g->fcprojb, dres,
-                                                            a->fch_gelu, p->fcprojw, BT, F, C));
-    MOME_TIMED(prof, MOME_PROF_FFN, mome_gelu_backward_to(s->dfch, a->fch, s->dfch_gelu, BT * (size_t)F));
+    MOME_TIMED(prof, MOME_PROF_FFN, mome_matmul_gelu_backward(s->dfch, g->fcprojw, g->fcprojb, dres, a->fch_gelu,
+                                                              a->fch, p->fcprojw, BT, F, C));
     MOME_TIMED(prof, MOME_PROF_FFN,
                mome_matmul_backward_to(s->dln, g->fcw, g->fcb, s->dfch, a->ln2, p->fcw, BT, C, F));
 }

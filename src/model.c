@@ -57,9 +57,8 @@ struct mome_gpt_acts {
     float *datty;     /* (B,T,C) */
     float *dqkv;      /* (B,T,3C) */
     float *dfch;      /* (B,T,F) */
-    float *dfch_gelu; /* (B,T,F) */
     float *scratch;   /* (n_scratch, T,T) attention backward */
-    /* MoE model: one layer object per block (fch, fch_gelu, dfch, dfch_gelu are then NULL) */
+    /* MoE model: one layer object per block (fch, fch_gelu, dfch are then NULL) */
     int n_moe;        /* L, or 0 for a dense model */
     mome_moe *moe;    /* (L) */
     /* parallel MoE (mome_gpt_set_parallel); R_ep = ep size * cap_bt * k received rows at most */
@@ -70,7 +69,6 @@ struct mome_gpt_acts {
     float *ep_out;    /* (R_ep, C) expert outputs / d(received rows) */
     float *ep_dout;   /* (R_ep, C) */
     float *ep_scr;    /* (R_ep, C) dispatch scratch */
-    float *ep_da;     /* (R_ep, F) */
     float *ep_dh;     /* (R_ep, F) */
     size_t *ep_rows;  /* (n_local) rows per local expert */
     int *send_counts; /* (E) */
@@ -328,13 +326,13 @@ static void acts_free(mome_gpt_acts *a) {
     if (!a) return;
     for (int l = a->n_moe - 1; l >= 0; l--) mome_moe_free(&a->moe[l]); /* layer 0 owns the shared scratch */
     mome_free(a->moe);
-    void *ep_bufs[] = {a->ep_in, a->ep_h,    a->ep_a,        a->ep_out, a->ep_dout, a->ep_scr, a->ep_da,
-                       a->ep_dh, a->ep_rows, a->send_counts, a->red,    a->before,  a->mine};
+    void *ep_bufs[] = {a->ep_in, a->ep_h,    a->ep_a,        a->ep_out, a->ep_dout, a->ep_scr, a->ep_dh,
+                       a->ep_rows, a->send_counts, a->red,    a->before,  a->mine};
     for (size_t i = 0; i < sizeof ep_bufs / sizeof ep_bufs[0]; i++) mome_free(ep_bufs[i]);
     float **bufs[] = {&a->ln1,     &a->ln1_mean, &a->ln1_rstd, &a->qkv,      &a->atty,     &a->att,
                       &a->res2,    &a->ln2,      &a->ln2_mean, &a->ln2_rstd, &a->fch,      &a->fch_gelu,
                       &a->res3,    &a->encoded,  &a->lnf,      &a->lnf_mean, &a->lnf_rstd, &a->proj,
-                      &a->dres,    &a->dln,      &a->datty,    &a->dqkv,     &a->dfch,     &a->dfch_gelu,
+                      &a->dres,    &a->dln,      &a->datty,    &a->dqkv,     &a->dfch,
                       &a->scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         mome_free(*bufs[i]);
@@ -352,7 +350,7 @@ static void ep_buffers(mome_gpt *m) {
     /* rows per token: top_k, or more when the gate mode needs them (moe.h max_slots) */
     const size_t P = m->ep ? (size_t)m->ep->size : 1, R = P * a->cap_bt * (size_t)a->moe[0].max_slots;
     if (a->red && a->cap_ep == R) return;
-    float **fb[] = {&a->ep_in, &a->ep_h, &a->ep_a, &a->ep_out, &a->ep_dout, &a->ep_scr, &a->ep_da, &a->ep_dh};
+    float **fb[] = {&a->ep_in, &a->ep_h, &a->ep_a, &a->ep_out, &a->ep_dout, &a->ep_scr, &a->ep_dh};
     for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++) {
         mome_free(*fb[i]);
         *fb[i] = NULL;
@@ -370,7 +368,6 @@ static void ep_buffers(mome_gpt *m) {
         a->ep_out = mome_malloc(R * C * f);
         a->ep_dout = mome_malloc(R * C * f);
         a->ep_scr = mome_malloc(R * C * f);
-        a->ep_da = mome_malloc(R * F * f);
         a->ep_dh = mome_malloc(R * F * f);
     }
     a->ep_rows = mome_calloc(E, sizeof *a->ep_rows);
@@ -489,7 +486,6 @@ int mome_gpt_reserve(mome_gpt *m, int B, int T) {
         a->fch_gelu = mome_malloc(L * BT * F * f);
         if (!m->inference) {
             a->dfch = mome_malloc(BT * F * f);
-            a->dfch_gelu = mome_malloc(BT * F * f);
         }
     } else {
         const mome_moe_config mc = moe_config(m);
@@ -710,8 +706,7 @@ static void moe_forward_par(mome_gpt *m, int l, mome_moe *moe, float *y, const f
     }
     mome_moe_combine_forward(y, moe->rows_out, pl, C);
     if (Fs > 0) {
-        mome_matmul_forward(moe->sh_h, x, p->shared_fc_w, p->shared_fc_b, N, C, Fs);
-        mome_gelu_forward(moe->sh_a, moe->sh_h, N * (size_t)Fs);
+        mome_matmul_gelu_forward(moe->sh_h, moe->sh_a, x, p->shared_fc_w, p->shared_fc_b, N, C, Fs);
         mome_matmul_forward(moe->sh_out, moe->sh_a, p->shared_proj_w, p->shared_proj_b, N, Fs, C);
         mome_residual_forward(y, y, moe->sh_out, N * (size_t)C);
     }
@@ -735,14 +730,13 @@ static void moe_backward_par(mome_gpt *m, int l, mome_moe *moe, float *dx, const
         const size_t nr = m->ep->n_recv;
         if (nr > 0) memset(a->ep_out, 0, nr * (size_t)C * sizeof(float));
         mome_moe_experts_backward(a->ep_out, g->experts_fc_w, g->experts_fc_b, g->experts_proj_w,
-                                  g->experts_proj_b, a->ep_da, a->ep_dh, a->ep_dout, in, h, act, a->ep_rows,
+                                  g->experts_proj_b, a->ep_dh, a->ep_dout, in, h, act, a->ep_rows,
                                   m->ep->n_local, p->experts_fc_w, p->experts_proj_w, C, F);
         TIMED(m, MOME_PROF_ALLTOALL, rc = mome_dispatch_reverse(m->ep, a->ep_out, moe->drows_in, a->ep_scr, C));
         MOME_CHECK(rc == MOME_OK, "gpt: dispatch reverse (gradients) failed: %s", mome_error_message());
     } else {
-        if (pl->n_rows > 0) memset(moe->drows_in, 0, pl->n_rows * (size_t)C * sizeof(float));
         mome_moe_experts_backward(moe->drows_in, g->experts_fc_w, g->experts_fc_b, g->experts_proj_w,
-                                  g->experts_proj_b, moe->dscratch_a, moe->dscratch_h, moe->drows_out,
+                                  g->experts_proj_b, moe->dscratch_h, moe->drows_out,
                                   moe->rows_in, moe->rows_h, moe->rows_a, pl->counts, m->cfg.n_experts,
                                   p->experts_fc_w, p->experts_proj_w, C, F);
     }
@@ -751,10 +745,8 @@ static void moe_backward_par(mome_gpt *m, int l, mome_moe *moe, float *dx, const
     const float gs = m->n_tokens_global > 0 ? (float)((double)grad_scale * (double)N / m->n_tokens_global) : 0.0f;
     mome_moe_route_backward(moe, dx, g->gate_w, moe->dweight, x, N, gs);
     if (Fs > 0) {
-        const size_t n = N * (size_t)Fs;
-        mome_matmul_backward_to(moe->dscratch_a, g->shared_proj_w, g->shared_proj_b, dy, moe->sh_a,
-                                p->shared_proj_w, N, Fs, C);
-        mome_gelu_backward_to(moe->dscratch_h, moe->sh_h, moe->dscratch_a, n);
+        mome_matmul_gelu_backward(moe->dscratch_h, g->shared_proj_w, g->shared_proj_b, dy, moe->sh_a, moe->sh_h,
+                                  p->shared_proj_w, N, Fs, C);
         mome_matmul_backward(dx, g->shared_fc_w, g->shared_fc_b, moe->dscratch_h, x, p->shared_fc_w, N, C, Fs);
     }
 }
@@ -790,7 +782,7 @@ static mome_block_acts block_acts(const mome_gpt *m, size_t ul) {
 
 static mome_block_scratch block_scratch(const mome_gpt *m) {
     const mome_gpt_acts *a = m->acts;
-    const mome_block_scratch s = {a->proj, a->dln, a->datty, a->dqkv, a->dfch, a->dfch_gelu, a->scratch,
+    const mome_block_scratch s = {a->proj, a->dln, a->datty, a->dqkv, a->dfch, a->scratch,
                                   a->n_scratch};
     return s;
 }
@@ -924,8 +916,7 @@ void mome_gpt_kv_step(mome_gpt *m, mome_gpt_kv *kv, const int32_t *tok) {
         mome_residual_forward(s.res2, x, sc.proj, BC);
         mome_layernorm_forward(s.ln2, s.ln2_mean, s.ln2_rstd, s.res2, p.ln2w, p.ln2b, (size_t)B, C);
         if (a->n_moe == 0) {
-            mome_matmul_forward(s.fch, s.ln2, p.fcw, p.fcb, (size_t)B, C, F);
-            mome_gelu_forward(s.fch_gelu, s.fch, (size_t)B * (size_t)F);
+            mome_matmul_gelu_forward(s.fch, s.fch_gelu, s.ln2, p.fcw, p.fcb, (size_t)B, C, F);
             mome_matmul_forward(sc.proj, s.fch_gelu, p.fcprojw, p.fcprojb, (size_t)B, F, C);
         } else {
             mome_moe *moe = &a->moe[l];

@@ -121,7 +121,7 @@ struct mome_modular_acts {
 };
 
 static void block_scratch_free(mome_block_scratch *s) {
-    void *bufs[] = {s->proj, s->dln, s->datty, s->dqkv, s->dfch, s->dfch_gelu, s->att_scratch};
+    void *bufs[] = {s->proj, s->dln, s->datty, s->dqkv, s->dfch, s->att_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mome_free(bufs[i]);
     memset(s, 0, sizeof *s);
 }
@@ -297,7 +297,6 @@ static void scratch_reserve(mome_modular *m, int cap) {
                                  .datty = mome_malloc(rows * C * f),
                                  .dqkv = mome_malloc(rows * 3 * C * f),
                                  .dfch = mome_malloc(rows * F * f),
-                                 .dfch_gelu = mome_malloc(rows * F * f),
                                  .att_scratch = mome_malloc((size_t)nt * TT * f),
                                  .n_att_scratch = nt};
     a->scratch_cap = cap;

@@ -149,7 +149,6 @@ int mome_moe_init(mome_moe *m, const mome_moe_config *cfg, size_t max_N) {
     m->drows_out = mome_malloc(R * C * f);
     m->drows_in = mome_malloc(R * C * f);
     const size_t nscr = R * F > max_N * Fs ? R * F : max_N * Fs;
-    m->dscratch_a = mome_malloc(nscr * f);
     m->dscratch_h = mome_malloc(nscr * f);
     m->dweight = mome_malloc(R * f);
     m->dlogits = mome_malloc(max_N * E * f);
@@ -161,10 +160,10 @@ int mome_moe_init(mome_moe *m, const mome_moe_config *cfg, size_t max_N) {
 
 static void free_scratch(mome_moe *m) {
     if (!m->shares_scratch) {
-        void *bufs[] = {m->drows_out, m->drows_in, m->dscratch_a, m->dscratch_h, m->dweight, m->dlogits};
+        void *bufs[] = {m->drows_out, m->drows_in, m->dscratch_h, m->dweight, m->dlogits};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mome_free(bufs[i]);
     }
-    m->drows_out = m->drows_in = m->dscratch_a = m->dscratch_h = m->dweight = m->dlogits = NULL;
+    m->drows_out = m->drows_in = m->dscratch_h = m->dweight = m->dlogits = NULL;
 }
 
 void mome_moe_share_scratch(mome_moe *m, const mome_moe *owner) {
@@ -176,7 +175,6 @@ void mome_moe_share_scratch(mome_moe *m, const mome_moe *owner) {
     free_scratch(m);
     m->drows_out = owner->drows_out;
     m->drows_in = owner->drows_in;
-    m->dscratch_a = owner->dscratch_a;
     m->dscratch_h = owner->dscratch_h;
     m->dweight = owner->dweight;
     m->dlogits = owner->dlogits;
@@ -491,10 +489,11 @@ void mome_moe_experts_forward(float *out, float *h, float *a, const float *in, c
     size_t r0 = 0;
     for (int i = 0; i < n_exp; i++) {
         const size_t n = counts[i];
-        if (n > 0) mome_matmul_forward(h + r0 * uF, in + r0 * uC, fc_w + i * uF * uC, fc_b + i * uF, n, C, F);
+        if (n > 0)
+            mome_matmul_gelu_forward(h + r0 * uF, a + r0 * uF, in + r0 * uC, fc_w + i * uF * uC, fc_b + i * uF, n,
+                                     C, F);
         r0 += n;
     }
-    mome_gelu_forward(a, h, r0 * uF);
     r0 = 0;
     for (int i = 0; i < n_exp; i++) {
         const size_t n = counts[i];
@@ -504,31 +503,33 @@ void mome_moe_experts_forward(float *out, float *h, float *a, const float *in, c
     }
 }
 
-void mome_moe_experts_backward(float *din, float *dfc_w, float *dfc_b, float *dproj_w, float *dproj_b, float *da,
-                               float *dh, const float *dout, const float *in, const float *h, const float *a,
+void mome_moe_experts_backward(float *din, float *dfc_w, float *dfc_b, float *dproj_w, float *dproj_b, float *dh,
+                               const float *dout, const float *in, const float *h, const float *a,
                                const size_t *counts, int n_exp, const float *fc_w, const float *proj_w, int C,
                                int F) {
-    // din is (n,C) or NULL, da and dh are (n,F) scratch, dout and in are (n,C), h and a are (n,F)
+    // din is (n,C) or NULL, dh is (n,F) scratch, dout and in are (n,C), h and a are (n,F)
     const size_t uC = (size_t)C, uF = (size_t)F;
     size_t n_all = 0;
     for (int i = 0; i < n_exp; i++) n_all += counts[i];
     if (n_all == 0) return;
-    /* da and dh are overwritten (no zeroing): they are scratch */
+    /* dh is overwritten (no zeroing): it is scratch */
     size_t r0 = 0;
     for (int i = 0; i < n_exp; i++) {
         const size_t n = counts[i];
         if (n > 0)
-            mome_matmul_backward_to(da + r0 * uF, dproj_w + i * uC * uF, dproj_b + i * uC, dout + r0 * uC,
-                                    a + r0 * uF, proj_w + i * uC * uF, n, F, C);
+            mome_matmul_gelu_backward(dh + r0 * uF, dproj_w + i * uC * uF, dproj_b + i * uC, dout + r0 * uC,
+                                      a + r0 * uF, h + r0 * uF, proj_w + i * uC * uF, n, F, C);
         r0 += n;
     }
-    mome_gelu_backward_to(dh, h, da, n_all * uF);
     r0 = 0;
     for (int i = 0; i < n_exp; i++) {
         const size_t n = counts[i];
-        if (n > 0)
-            mome_matmul_backward(din ? din + r0 * uC : NULL, dfc_w + i * uF * uC, dfc_b + i * uF, dh + r0 * uF,
-                                 in + r0 * uC, fc_w + i * uF * uC, n, C, F);
+        if (n > 0 && din)
+            mome_matmul_backward_to(din + r0 * uC, dfc_w + i * uF * uC, dfc_b + i * uF, dh + r0 * uF, in + r0 * uC,
+                                    fc_w + i * uF * uC, n, C, F);
+        else if (n > 0)
+            mome_matmul_backward(NULL, dfc_w + i * uF * uC, dfc_b + i * uF, dh + r0 * uF, in + r0 * uC,
+                                 fc_w + i * uF * uC, n, C, F);
         r0 += n;
     }
 }
@@ -594,8 +595,7 @@ void mome_moe_forward(mome_moe *m, float *y, const float *x, size_t N) {
     mome_moe_combine_forward(y, m->rows_out, &m->plan, C);
     if (Fs > 0 && N > 0) {
         MOME_CHECK(m->p.shared_fc_w, "moe forward: shared expert configured but its parameters are not bound");
-        mome_matmul_forward(m->sh_h, x, m->p.shared_fc_w, m->p.shared_fc_b, N, C, Fs);
-        mome_gelu_forward(m->sh_a, m->sh_h, N * (size_t)Fs);
+        mome_matmul_gelu_forward(m->sh_h, m->sh_a, x, m->p.shared_fc_w, m->p.shared_fc_b, N, C, Fs);
         mome_matmul_forward(m->sh_out, m->sh_a, m->p.shared_proj_w, m->p.shared_proj_b, N, Fs, C);
         mome_residual_forward(y, y, m->sh_out, N * (size_t)C);
     }
@@ -609,18 +609,15 @@ void mome_moe_backward(mome_moe *m, float *dx, const float *dy, const float *x, 
     const int C = c->n_embd, E = c->n_experts, F = c->d_ff, Fs = c->shared_d_ff;
     const mome_moe_plan *pl = &m->plan;
     mome_moe_combine_backward(m->drows_out, m->dweight, dy, m->rows_out, pl, C);
-    if (pl->n_rows > 0) memset(m->drows_in, 0, pl->n_rows * (size_t)C * sizeof(float));
     mome_moe_experts_backward(m->drows_in, m->g.experts_fc_w, m->g.experts_fc_b, m->g.experts_proj_w,
-                              m->g.experts_proj_b, m->dscratch_a, m->dscratch_h, m->drows_out, m->rows_in,
+                              m->g.experts_proj_b, m->dscratch_h, m->drows_out, m->rows_in,
                               m->rows_h, m->rows_a, pl->counts, E, m->p.experts_fc_w, m->p.experts_proj_w, C, F);
     mome_moe_gather_backward(dx, m->drows_in, pl, C);
     mome_moe_route_backward(m, dx, m->g.gate_w, m->dweight, x, N, grad_scale);
     if (Fs > 0 && N > 0) {
         MOME_CHECK(m->g.shared_fc_w, "moe backward: shared expert configured but its gradients are not bound");
-        const size_t n = N * (size_t)Fs;
-        mome_matmul_backward_to(m->dscratch_a, m->g.shared_proj_w, m->g.shared_proj_b, dy, m->sh_a, m->p.shared_proj_w,
-                             N, Fs, C);
-        mome_gelu_backward_to(m->dscratch_h, m->sh_h, m->dscratch_a, n);
+        mome_matmul_gelu_backward(m->dscratch_h, m->g.shared_proj_w, m->g.shared_proj_b, dy, m->sh_a, m->sh_h,
+                                  m->p.shared_proj_w, N, Fs, C);
         mome_matmul_backward(dx, m->g.shared_fc_w, m->g.shared_fc_b, m->dscratch_h, x, m->p.shared_fc_w, N, C, Fs);
     }
 }

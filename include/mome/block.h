@@ -39,7 +39,7 @@ typedef struct {
     float *proj;             /* (B,T,C) a projection's output before its residual add */
     float *dln;              /* (B,T,C) gradient of a LayerNorm output */
     float *datty, *dqkv;     /* (B,T,C), (B,T,3C) */
-    float *dfch, *dfch_gelu; /* (B,T,F) */
+    float *dfch;             /* (B,T,F) */
     float *att_scratch;      /* (n_att_scratch, T, T) */
     int n_att_scratch;
 } mome_block_scratch;

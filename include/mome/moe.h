@@ -174,7 +174,6 @@ typedef struct {
     /* backward scratch */
     float *drows_out;     /* (max_rows, C) */
     float *drows_in;      /* (max_rows, C) */
-    float *dscratch_a;    /* (max(max_rows * F, max_N * Fs)) d(gelu output), experts then shared expert */
     float *dscratch_h;    /* (max(max_rows * F, max_N * Fs)) d(fc pre-activation) */
     float *dweight;       /* (max_N, max_slots) */
     float *dlogits;       /* (max_N, E) */
@@ -254,10 +253,9 @@ void mome_moe_gather_backward(float *dx, const float *drows, const mome_moe_plan
 void mome_moe_experts_forward(float *out, float *h, float *a, const float *in, const size_t *counts, int n_exp,
                               const float *fc_w, const float *fc_b, const float *proj_w, const float *proj_b,
                               int C, int F);
-/* din (n, C) += ..., dfc_w (n_exp, F, C), dfc_b (n_exp, F), dproj_w (n_exp, C, F), dproj_b (n_exp, C) += ...
- * from dout (n, C); in, h, a as saved by forward; da, dh (n, F) are scratch (overwritten). din may be NULL. */
-void mome_moe_experts_backward(float *din, float *dfc_w, float *dfc_b, float *dproj_w, float *dproj_b, float *da,
-                               float *dh, const float *dout, const float *in, const float *h, const float *a,
+/* din (n, C) = ... (overwritten), dfc_w (n_exp, F, C), dfc_b (n_exp, F), dproj_w (n_exp, C, F), dproj_b (n_exp, C) += ...
+ * from dout (n, C); in, h, a as saved by forward; dh (n, F) is scratch (overwritten). din may be NULL. */
+void mome_moe_experts_backward(float *din, float *dfc_w, float *dfc_b, float *dproj_w, float *dproj_b, float *dh, const float *dout, const float *in, const float *h, const float *a,
                                const size_t *counts, int n_exp, const float *fc_w, const float *proj_w, int C,
                                int F);
 
