@@ -249,7 +249,7 @@ static void gemm_run(int trans_a, int trans_b, int M, int N, int K, const float 
     in_parallel = omp_in_parallel();
 #endif
     /* a handful of rows (one decoding step) does not repay packing all of B: OpenBLAS reads it in place */
-    if (K == 0 || N < 16 || M <= 16 || in_parallel) {
+    if (K == 0 || N < 16 || M <= 16) {
         if (K == 0) {
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) {
@@ -276,7 +276,9 @@ static void gemm_run(int trans_a, int trans_b, int M, int N, int K, const float 
     const ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1;
     const int n_tiles = (M + MR - 1) / MR, n_panels = Np / NR;
     /* below ~1 MFLOP a second thread costs more than it brings; the result is the same either way */
-    const int threaded = (double)M * (double)N * (double)K > 5e5;
+    /* inside a parallel region (the attention's per-head products) the calling thread does it all, on its own
+     * packing buffer */
+    const int threaded = !in_parallel && (double)M * (double)N * (double)K > 5e5;
 #pragma omp parallel if (threaded)
     {
 #pragma omp for schedule(static)

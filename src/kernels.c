@@ -304,18 +304,16 @@ void mome_attention_forward(float *out, float *att, const float *qkv, int B, int
         for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
             const int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, rows = i1 - i0;
             float *ab = a + (size_t)i0 * T; // rows [i0, i1), keys [0, i1)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hs, scale, q + (size_t)i0 * C3, C3, k,
-                        C3, 0.0f, ab, T);
+            mome_gemm(0, 1, rows, i1, hs, q + (size_t)i0 * C3, C3, k, C3, NULL, 0.0f, ab, T); /* unscaled scores */
             for (int i = i0; i < i1; i++) {
                 float *row = a + (size_t)i * T;
                 const float mx = vm_max(row, i + 1);
-                for (int j = 0; j <= i; j++) row[j] = vm_expf(row[j] - mx);
+                for (int j = 0; j <= i; j++) row[j] = vm_expf((row[j] - mx) * scale);
                 const float inv = (float)(1.0 / vm_sum(row, i + 1));
                 for (int j = 0; j <= i; j++) row[j] *= inv;
                 for (int j = i + 1; j < T; j++) row[j] = 0.0f;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, i1, 1.0f, ab, T, v, C3, 0.0f,
-                        o + (size_t)i0 * C, C);
+            mome_gemm(0, 0, rows, hs, i1, ab, T, v, C3, NULL, 0.0f, o + (size_t)i0 * C, C);
         }
     }
     blas_single_end(saved);
@@ -373,22 +371,19 @@ void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const f
                 const float *ab = a + (size_t)i0 * T, *db = d + (size_t)i0 * C;
                 float *dab = datt + (size_t)i0 * T;
                 // datt = dout_h · v^T ; dv += att^T · dout_h   (this block's rows, keys [0, i1))
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hs, 1.0f, db, C, v, C3, 0.0f, dab,
-                            T);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, hs, rows, 1.0f, ab, T, db, C, 1.0f, dv, C3);
-                // softmax backward, row by row: dpre = att * (datt - sum(att * datt))
+                mome_gemm(0, 1, rows, i1, hs, db, C, v, C3, NULL, 0.0f, dab, T);
+                mome_gemm(1, 0, i1, hs, rows, ab, T, db, C, NULL, 1.0f, dv, C3);
+                // softmax backward, row by row: dpre = att * (datt - sum(att * datt)), times the score scale
                 for (int i = i0; i < i1; i++) {
                     const float *arow = a + (size_t)i * T;
                     float *row = datt + (size_t)i * T;
                     const float dot = (float)vm_dot(arow, row, i + 1);
-                    for (int j = 0; j <= i; j++) row[j] = arow[j] * (row[j] - dot);
+                    for (int j = 0; j <= i; j++) row[j] = arow[j] * (row[j] - dot) * scale;
                     for (int j = i + 1; j < i1; j++) row[j] = 0.0f;
                 }
-                // dq += scale * dpre · k ; dk += scale * dpre^T · q
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, i1, scale, dab, T, k, C3, 1.0f,
-                            dq + (size_t)i0 * C3, C3);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, hs, rows, scale, dab, T, q + (size_t)i0 * C3,
-                            C3, 1.0f, dk, C3);
+                // dq += dpre · k ; dk += dpre^T · q   (dpre carries the score scale)
+                mome_gemm(0, 0, rows, hs, i1, dab, T, k, C3, NULL, 1.0f, dq + (size_t)i0 * C3, C3);
+                mome_gemm(1, 0, i1, hs, rows, dab, T, q + (size_t)i0 * C3, C3, NULL, 1.0f, dk, C3);
             }
         }
     }

@@ -6,8 +6,8 @@
  * B is packed once per call into 32-column panels, and the threads split the rows of C, each running 12 x 32
  * register tiles down its own rows. Every element of C is summed in the same order whatever the thread count
  * and whichever rows share the call, so results are bit-identical from run to run, across thread counts and
- * across the ways the rows are split between ranks. Elsewhere (no AVX-512, inside a parallel region, 16 rows or
- * fewer, fewer than 16 columns) the same call goes to cblas_sgemm. */
+ * across the ways the rows are split between ranks. Called inside a parallel region, the calling thread runs it
+ * alone. Elsewhere (no AVX-512, 16 rows or fewer, fewer than 16 columns) the same call goes to cblas_sgemm. */
 #ifndef MOME_GEMM_H
 #define MOME_GEMM_H
 
