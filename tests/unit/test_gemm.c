@@ -81,18 +81,24 @@ static void one_case(int ta, int tb, int M, int N, int K, int pad, int with_bias
     reference(R, S, ta, tb, M, N, K, A, lda, B, ldb, with_bias ? bias : NULL, 0.0f, NULL, ldc);
     snprintf(what, sizeof what, "gemm_gelu %c%c M=%d N=%d K=%d: h", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K);
     REPORT(what, worst(h, ldc, R, S, M, N), 1.0, 1e-6);
-    int gelu_exact = 1, grad_exact = 1;
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) gelu_exact &= a[(size_t)i * ldc + j] == vm_gelu(h[(size_t)i * ldc + j]);
-    CHECK(gelu_exact); /* a is gelu of the stored h, bit for bit */
+    /* a = gelu(h) and dh = product * gelu'(h0), element by element; vm_gelu is evaluated in another compilation
+     * context here (vectorised or not, FMA contracted or not), so to within float rounding, not bit for bit */
+    double gelu_err = 0.0, grad_err = 0.0;
     mome_gemm(ta, tb, M, N, K, A, lda, B, ldb, NULL, 0.0f, C, ldc); /* the plain product */
     mome_gemm_gelu_grad(ta, tb, M, N, K, A, lda, B, ldb, C0, dh, ldc);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             const size_t o = (size_t)i * ldc + j;
-            grad_exact &= dh[o] == C[o] * vm_gelu_grad(C0[o]);
+            const double ga = vm_gelu(h[o]), gd = (double)C[o] * vm_gelu_grad(C0[o]);
+            /* relative to the argument's size: gelu and gelu' both vanish somewhere, and there only the
+             * rounding of their inputs remains */
+            gelu_err = fmax(gelu_err, fabs(a[o] - ga) / (fabs((double)h[o]) + 1e-3));
+            grad_err = fmax(grad_err, fabs(dh[o] - gd) / (fabs((double)C[o]) + 1e-3));
         }
-    CHECK(grad_exact);
+    snprintf(what, sizeof what, "gemm_gelu %c%c M=%d N=%d K=%d: a = gelu(h)", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K);
+    REPORT(what, gelu_err, 1.0, 1e-5);
+    snprintf(what, sizeof what, "gemm_gelu_grad %c%c M=%d N=%d K=%d", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K);
+    REPORT(what, grad_err, 1.0, 1e-5);
     free(h), free(a), free(dh);
     free(A), free(B), free(C), free(C0), free(bias), free(R), free(S);
 }
