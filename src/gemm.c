@@ -1,13 +1,14 @@
 /* gemm.c — mome_gemm (gemm.h): the model's matrix products on an AVX-512 kernel of mome's own.
  *
- * Why not cblas_sgemm alone: at the model's shapes (a few hundred to two thousand rows, inner dimensions of 256
- * to 4096) OpenBLAS's threaded sgemm reaches 250-270 GFLOP/s on two Sapphire Rapids cores, and it spends 12% of
- * the step packing both operands on every call. Here only B is packed, once per call, into panels of 32 columns
- * (K x 32, contiguous); A is read in place. Each thread owns a contiguous range of C's rows and walks it in
- * 12 x 32 tiles held in 24 zmm registers, K in blocks of 256 so that a panel block (32 KiB) stays in L1 while
- * the rows stream past it. Per k the tile loads two vectors of the panel and broadcasts 12 elements of A into
- * 24 FMAs, so the loop is bound by the FMA ports, not by loads. Measured on this machine at 516 x 1024 x 256:
- * 177 GFLOP/s on one core and 303 GFLOP/s on two, against OpenBLAS's 156 and 255.
+ * Why not cblas_sgemm alone: OpenBLAS packs both operands on every call (12% of the step's samples) and its
+ * threads share each product in a way that loses a tenth at the model's shapes (a few hundred to two thousand
+ * rows, inner dimensions 256 to 4096). Here only B is packed, once per call, into panels of 32 columns (K x 32,
+ * contiguous); op(A) = A is read in place, op(A) = A^T is copied tile by tile. Each thread owns a contiguous range
+ * of C's rows and walks it in 12 x 32 tiles held in 24 zmm registers: columns in blocks of 512 (their panels stay
+ * in L2), K in blocks of 256 (a panel block, 32 KiB, stays in L1 while the tiles pass). Per k a tile loads two
+ * vectors of the panel and broadcasts 12 elements of A into 24 FMAs, so the loop is bound by the FMA ports.
+ * bench/gemm_rate compares the two at the benchmark's shapes: on 2 cores of this machine mome_gemm was faster on
+ * 11 of 12 (by 4-17%), slower on one (256 x 1024 x 512, A transposed, by 13%).
  *
  * Determinism: an element of C is the sum over its K blocks, each an FMA chain from zero in k order, added to
  * C in block order; which thread or tile computes it, and how many rows share the call, does not enter. */
