@@ -70,6 +70,24 @@ static void blas(int ta, int tb, int M, int N, int K, const float *A, int lda, c
                 lda, B, ldb, beta, C, ldc);
 }
 
+/* The call on cblas_sgemm (or, with K = 0, just beta C + bias), then the epilogue over whole rows. */
+static void gemm_blas(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                      const float *bias, float beta, float *C, int ldc, const epilogue *e, int in_parallel) {
+    if (K == 0) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float *c = C + (size_t)i * (size_t)ldc + j;
+                *c = (beta == 0.0f ? 0.0f : *c) + (bias ? bias[j] : 0.0f);
+            }
+    } else {
+        blas(ta, tb, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
+    }
+    if (e->kind != EPI_NONE) {
+#pragma omp parallel for schedule(static) if (!in_parallel && (size_t)M * (size_t)N > 65536)
+        for (int i = 0; i < M; i++) epi_rows(e, C, ldc, (size_t)i, 1, 0, N);
+    }
+}
+
 int mome_gemm_native(void) { return GEMM_NATIVE; }
 
 #if GEMM_NATIVE
@@ -240,32 +258,10 @@ static void rows_run(int t0, int t1, int M, int N, int K, const float *A, ptrdif
     }
 }
 
-static void gemm_run(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
-                     int ldb, const float *bias, float beta, float *C, int ldc, const epilogue *e) {
-    MOME_CHECK(M >= 0 && N >= 0 && K >= 0 && (beta == 0.0f || beta == 1.0f),
-               "gemm: bad arguments M=%d N=%d K=%d beta=%g", M, N, K, (double)beta);
-    if (M == 0 || N == 0) return;
-    int in_parallel = 0;
-#ifdef _OPENMP
-    in_parallel = omp_in_parallel();
-#endif
-    /* a handful of rows (one decoding step) does not repay packing all of B: OpenBLAS reads it in place */
-    if (K == 0 || N < 16 || M <= 16) {
-        if (K == 0) {
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) {
-                    float *c = C + (size_t)i * (size_t)ldc + j;
-                    *c = (beta == 0.0f ? 0.0f : *c) + (bias ? bias[j] : 0.0f);
-                }
-        } else {
-            blas(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
-        }
-        if (e->kind != EPI_NONE) {
-#pragma omp parallel for schedule(static) if (!in_parallel && (size_t)M * (size_t)N > 65536)
-            for (int i = 0; i < M; i++) epi_rows(e, C, ldc, (size_t)i, 1, 0, N);
-        }
-        return;
-    }
+/* The native path: 16 < M, 16 <= N, 0 < K. */
+static void gemm_native(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
+                        int ldb, const float *bias, float beta, float *C, int ldc, const epilogue *e,
+                        int in_parallel) {
     const int Np = (N + NR - 1) / NR * NR;
     const size_t need = (size_t)K * (size_t)Np;
     if (need > pack_cap) {
@@ -298,19 +294,26 @@ static void gemm_run(int trans_a, int trans_b, int M, int N, int K, const float 
 
 void mome_gemm_release(void) {}
 
+#endif
+
 static void gemm_run(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
                      int ldb, const float *bias, float beta, float *C, int ldc, const epilogue *e) {
     MOME_CHECK(M >= 0 && N >= 0 && K >= 0 && (beta == 0.0f || beta == 1.0f),
                "gemm: bad arguments M=%d N=%d K=%d beta=%g", M, N, K, (double)beta);
     if (M == 0 || N == 0) return;
-    blas(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
-    if (e->kind != EPI_NONE) {
-#pragma omp parallel for schedule(static) if ((size_t)M * (size_t)N > 65536)
-        for (int i = 0; i < M; i++) epi_rows(e, C, ldc, (size_t)i, 1, 0, N);
-    }
-}
-
+    int in_parallel = 0;
+#ifdef _OPENMP
+    in_parallel = omp_in_parallel();
 #endif
+#if GEMM_NATIVE
+    /* a handful of rows (one decoding step) does not repay packing all of B: OpenBLAS reads it in place */
+    if (K > 0 && N >= 16 && M > 16) {
+        gemm_native(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, e, in_parallel);
+        return;
+    }
+#endif
+    gemm_blas(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, e, in_parallel);
+}
 
 void mome_gemm(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                const float *bias, float beta, float *C, int ldc) {

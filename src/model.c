@@ -727,8 +727,7 @@ static void moe_backward_par(mome_gpt *m, int l, mome_moe *moe, float *dx, const
         int rc;
         TIMED(m, MOME_PROF_ALLTOALL, rc = mome_dispatch_forward(m->ep, moe->drows_out, a->ep_dout, a->ep_scr, C));
         MOME_CHECK(rc == MOME_OK, "gpt: dispatch forward (gradients) failed: %s", mome_error_message());
-        const size_t nr = m->ep->n_recv;
-        if (nr > 0) memset(a->ep_out, 0, nr * (size_t)C * sizeof(float));
+        /* the experts' backward writes all n_recv rows of ep_out (their rows sum to it): no zeroing */
         mome_moe_experts_backward(a->ep_out, g->experts_fc_w, g->experts_fc_b, g->experts_proj_w,
                                   g->experts_proj_b, a->ep_dh, a->ep_dout, in, h, act, a->ep_rows,
                                   m->ep->n_local, p->experts_fc_w, p->experts_proj_w, C, F);
