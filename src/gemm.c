@@ -39,9 +39,57 @@ typedef struct {
 } epilogue;
 enum { EPI_NONE, EPI_GELU, EPI_GELU_GRAD };
 
+#if GEMM_NATIVE
+static __mmask16 lane_mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u); }
+
+/* vmath.h's GELU on 16 lanes, the same expressions: e = exp(-2u) (vm_expf's polynomial, 2^n by scalef), with the
+ * argument capped to [-87.3, VM_GELU_CAP]; below -87.3 e is below 1.2e-38 and 1 + e is 1 either way. */
+static inline __m512 gelu_exp16(__m512 x) {
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    const __m512 u = _mm512_mul_ps(_mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(VM_GELU_CUBIC), x2), x, x),
+                                   _mm512_set1_ps(-2.0f * VM_GELU_SCALING));
+    const __m512 z = _mm512_max_ps(_mm512_min_ps(u, _mm512_set1_ps(VM_GELU_CAP)), _mm512_set1_ps(-87.3f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), z);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* The epilogue on the lanes m of C[o..o+16) (a and h at the same offset from their bases). */
+static inline void epi16(const epilogue *e, float *C, size_t o, __mmask16 m) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    if (e->kind == EPI_GELU) {
+        const __m512 x = _mm512_maskz_loadu_ps(m, C + o);
+        _mm512_mask_storeu_ps(e->a + o, m, _mm512_div_ps(x, _mm512_add_ps(one, gelu_exp16(x))));
+        return;
+    }
+    const __m512 x = _mm512_maskz_loadu_ps(m, e->h + o);
+    const __m512 ex = gelu_exp16(x);
+    const __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, ex));
+    const __m512 du = _mm512_mul_ps(_mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(3.0f * VM_GELU_CUBIC), one),
+                                    _mm512_set1_ps(2.0f * VM_GELU_SCALING));
+    const __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(x, _mm512_mul_ps(ex, s)), s), du, s);
+    _mm512_mask_storeu_ps(C + o, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, C + o), g));
+}
+#endif
+
+/* The epilogue on rows [i0, i0 + mr), columns [j0, j0 + nv) of C. The AVX-512 build takes the vector form in
+ * every path (its own tiles and the cblas fallback), so that an element's bits do not depend on the call's
+ * shape; vmath.h's scalar form is within rounding of it. */
 static void epi_rows(const epilogue *e, float *C, int ldc, size_t i0, int mr, int j0, int nv) {
     for (int r = 0; r < mr; r++) {
         const size_t o = (i0 + (size_t)r) * (size_t)ldc + (size_t)j0;
+#if GEMM_NATIVE
+        for (int j = 0; j < nv; j += 16) epi16(e, C, o + (size_t)j, lane_mask(nv - j));
+#else
         float *c = C + o;
         if (e->kind == EPI_GELU) {
             float *a = e->a + o;
@@ -50,6 +98,7 @@ static void epi_rows(const epilogue *e, float *C, int ldc, size_t i0, int mr, in
             const float *h = e->h + o;
             for (int j = 0; j < nv; j++) c[j] *= vm_gelu_grad(h[j]);
         }
+#endif
     }
 }
 
@@ -105,8 +154,6 @@ void mome_gemm_release(void) {
     pack_buf = NULL;
     pack_cap = 0;
 }
-
-static __mmask16 lane_mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u); }
 
 /* A 16 x 16 block transpose: dst[k * dld + c] = src[c * sld + k] for k, c < 16. */
 static inline void transpose16(float *dst, size_t dld, const float *src, size_t sld) {

@@ -462,8 +462,8 @@ void mome_attention_backward_ref(float *dqkv, const float *dout, const float *qk
 }
 
 /* --------------------------------------------------------------------------------------------------- GELU */
-/* tanh through vm_tanhf (vmath.h, ~2 ulp): libm's tanhf is a scalar call and made GELU cost more than the
- * products around it. */
+/* GELU through vmath.h's vm_gelu (one vectorised exp): libm's tanhf is a scalar call and made GELU cost more
+ * than the products around it. */
 
 void mome_gelu_forward(float *out, const float *inp, size_t n) {
     // out and inp are (n)

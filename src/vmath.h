@@ -1,10 +1,10 @@
-/* vmath.h — vectorisable exp, tanh and row reductions for the element-wise kernels (private to libmome).
+/* vmath.h — vectorisable exp, GELU and row reductions for the element-wise kernels (private to libmome).
  *
  * libm's expf and tanhf are scalar calls; in the loss over the vocabulary and in GELU they cost more than the
  * matrix products around them. These are branch-free inline functions that GCC vectorises (AVX2 / AVX-512) in
  * plain loops. Accuracy (checked against libm in tests/unit/test_vmath.c over the whole float range used):
  *   vm_expf:  within 2 ulp for x in [-87.3, 88.7]; 0 below (exp(-inf) = 0), +inf above.
- *   vm_tanhf: within 4e-7 relative (about 3 ulp).
+ *   vm_gelu, vm_gelu_grad: within 1e-6 relative to max(|x|, 1e-3) for x in [-12, 12].
  * The reductions keep 16 independent partial sums (or maxima) in a fixed order, so results do not depend on
  * the thread count or the vector width chosen by the compiler, only on n.
  */
@@ -46,38 +46,31 @@ static inline float vm_expf(float x) {
     return x < lo ? 0.0f : (x > hi ? INFINITY : y);
 }
 
-/* tanh(x): an odd Taylor polynomial below |x| = 0.25 (no cancellation), (1 - e) / (1 + e) with e = exp(-2|x|)
- * above; saturates to +-1. NaN in gives NaN out. */
-static inline float vm_tanhf(float x) {
-    const float ax = fabsf(x);
-    const float x2 = x * x;
-    float small = 62.0f / 2835.0f;
-    small = small * x2 - 17.0f / 315.0f;
-    small = small * x2 + 2.0f / 15.0f;
-    small = small * x2 - 1.0f / 3.0f;
-    small = small * x2 * x + x;
-    const float e = vm_expf(-2.0f * ax);
-    const float big = (1.0f - e) / (1.0f + e);
-    const float sbig = x < 0.0f ? -big : big;
-    return ax < 0.25f ? small : (x != x ? x : sbig);
+/* GELU (tanh form) and its derivative. With u = sqrt(2/pi) (x + 0.044715 x^3), 0.5 (1 + tanh(u)) is the logistic
+ * s = 1 / (1 + e), e = exp(-2u), so gelu(x) = x / (1 + e) and, since 1 - tanh^2 = 4 s (1 - s) and 1 - s = e s,
+ *   gelu'(x) = s + 2 x (e s) s sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+ * One exp and one division, no cancellation. -2u is capped at VM_GELU_CAP so that e stays finite and s (>= 1.8e-35)
+ * normal: below x = -10.4 gelu(x) is then of order 1e-34 instead of a smaller number or 0. gemm.c's AVX-512
+ * epilogue evaluates the same expressions. */
+#define VM_GELU_SCALING 0.7978845608028654f /* sqrt(2/pi) */
+#define VM_GELU_CUBIC 0.044715f
+#define VM_GELU_CAP 80.0f
+
+static inline float vm_gelu_exp(float x) {
+    const float z = -2.0f * VM_GELU_SCALING * (x + VM_GELU_CUBIC * x * x * x);
+    return vm_expf(z > VM_GELU_CAP ? VM_GELU_CAP : z);
+}
+
+static inline float vm_gelu(float x) { return x / (1.0f + vm_gelu_exp(x)); }
+
+static inline float vm_gelu_grad(float x) {
+    const float e = vm_gelu_exp(x);
+    const float s = 1.0f / (1.0f + e);
+    const float du = 2.0f * VM_GELU_SCALING * (1.0f + 3.0f * VM_GELU_CUBIC * x * x);
+    return s + x * (e * s) * s * du;
 }
 
 /* Largest of x[0..n) (n >= 1); NaN entries are ignored unless all are NaN. */
-/* GELU (tanh form) and its derivative, on vm_tanhf */
-#define VM_GELU_SCALING 0.7978845608028654f /* sqrt(2/pi) */
-
-static inline float vm_gelu(float x) {
-    const float cube = 0.044715f * x * x * x;
-    return 0.5f * x * (1.0f + vm_tanhf(VM_GELU_SCALING * (x + cube)));
-}
-
-static inline float vm_gelu_grad(float x) {
-    const float cube = 0.044715f * x * x * x;
-    const float th = vm_tanhf(VM_GELU_SCALING * (x + cube));
-    const float sech2 = 1.0f - th * th;
-    return 0.5f * (1.0f + th) + x * 0.5f * sech2 * VM_GELU_SCALING * (1.0f + 3.0f * 0.044715f * x * x);
-}
-
 static inline float vm_max(const float *x, int n) {
     float acc[VM_LANES];
     for (int j = 0; j < VM_LANES; j++) acc[j] = -INFINITY;

@@ -233,8 +233,7 @@ static void check_plan(fixture *f, const char *name) {
 static void shared_out(float *out, const mome_moe *m, const float *x, size_t N) {
     const int C = m->cfg.n_embd, Fs = m->cfg.shared_d_ff;
     float *h = mome_malloc(N * (size_t)Fs * sizeof(float)), *a = mome_malloc(N * (size_t)Fs * sizeof(float));
-    mome_matmul_forward(h, x, m->p.shared_fc_w, m->p.shared_fc_b, N, C, Fs);
-    mome_gelu_forward(a, h, N * (size_t)Fs);
+    mome_matmul_gelu_forward(h, a, x, m->p.shared_fc_w, m->p.shared_fc_b, N, C, Fs);
     mome_matmul_forward(out, a, m->p.shared_proj_w, m->p.shared_proj_b, N, Fs, C);
     mome_free(h);
     mome_free(a);

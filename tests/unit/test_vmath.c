@@ -1,4 +1,4 @@
-/* test_vmath.c — the vectorisable exp, tanh and reductions of src/vmath.h against float64 libm, over a dense
+/* test_vmath.c — the vectorisable exp, GELU and reductions of src/vmath.h against float64 libm, over a dense
  * sweep of the ranges the kernels use, plus the special values (0, +-inf, NaN, the clamps). */
 #include <math.h>
 #include <stdint.h>
@@ -30,30 +30,37 @@ int main(void) {
     CHECK(isinf(vm_expf(100.0f)) && vm_expf(100.0f) > 0);
     CHECK(vm_expf(88.7f) > 3.0e38f && isfinite(vm_expf(88.7f)));
 
-    double worst_tanh = 0.0, worst_tanh_at = 0.0;
+    /* GELU (tanh form) against float64: gelu relative to |x| (it vanishes only at 0 and as x -> -inf), gelu'
+     * absolute (it is at most 1.13 in size) */
+    double worst_gelu = 0.0, worst_gelu_at = 0.0, worst_grad = 0.0, worst_grad_at = 0.0;
     for (double x = -12.0; x <= 12.0; x += 3.1e-5) {
         const float xf = (float)x;
-        const double ref = tanh((double)xf);
-        const double rel = ref != 0.0 ? fabs((double)vm_tanhf(xf) - ref) / fabs(ref) : fabs((double)vm_tanhf(xf));
-        if (rel > worst_tanh) {
-            worst_tanh = rel;
-            worst_tanh_at = xf;
+        if (xf == 0.0f) continue;
+        const double xd = xf, k = sqrt(2.0 / 3.14159265358979323846), c = 0.044715;
+        const double th = tanh(k * (xd + c * xd * xd * xd));
+        const double gelu = 0.5 * xd * (1.0 + th);
+        const double grad = 0.5 * (1.0 + th) + 0.5 * xd * (1.0 - th * th) * k * (1.0 + 3.0 * c * xd * xd);
+        const double eg = fabs((double)vm_gelu(xf) - gelu) / fabs(xd), ed = fabs((double)vm_gelu_grad(xf) - grad);
+        if (eg > worst_gelu) {
+            worst_gelu = eg;
+            worst_gelu_at = xf;
+        }
+        if (ed > worst_grad) {
+            worst_grad = ed;
+            worst_grad_at = xf;
         }
     }
-    for (float xf = 1e-30f; xf < 0.3f; xf *= 1.37f) { /* tiny arguments: no cancellation */
-        const double rel = fabs((double)vm_tanhf(xf) - tanh((double)xf)) / tanh((double)xf);
-        if (rel > worst_tanh) {
-            worst_tanh = rel;
-            worst_tanh_at = xf;
-        }
-    }
-    printf("vm_tanhf: worst %.3g relative at x = %.6g\n", worst_tanh, worst_tanh_at);
-    CHECK(worst_tanh <= 4e-7);
-    CHECK_EQ_F(vm_tanhf(0.0f), 0.0f);
-    CHECK_EQ_F(vm_tanhf(INFINITY), 1.0f);
-    CHECK_EQ_F(vm_tanhf(-INFINITY), -1.0f);
-    CHECK(isnan(vm_tanhf(NAN)));
-    CHECK_EQ_F(vm_tanhf(-3.0f), -vm_tanhf(3.0f));
+    printf("vm_gelu: worst %.3g relative to |x| at x = %.6g; vm_gelu_grad: worst %.3g at x = %.6g\n", worst_gelu,
+           worst_gelu_at, worst_grad, worst_grad_at);
+    CHECK(worst_gelu <= 1e-6);
+    CHECK(worst_grad <= 1e-6);
+    CHECK_EQ_F(vm_gelu(0.0f), 0.0f);
+    CHECK_EQ_F(vm_gelu_grad(0.0f), 0.5f);
+    CHECK_EQ_F(vm_gelu(1e4f), 1e4f);
+    CHECK_EQ_F(vm_gelu_grad(1e4f), 1.0f);
+    CHECK(vm_gelu(-1e4f) <= 0.0f && vm_gelu(-1e4f) > -1e-30f); /* capped: tiny, finite, not NaN */
+    CHECK(fabsf(vm_gelu_grad(-1e4f)) < 1e-20f);
+    CHECK(isnan(vm_gelu(NAN)) && isnan(vm_gelu_grad(NAN)));
 
     /* reductions: odd lengths exercise the tails; sums against float64 references */
     enum { N = 4099 };
