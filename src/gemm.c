@@ -305,6 +305,13 @@ static void rows_run(int t0, int t1, int M, int N, int K, const float *A, ptrdif
     }
 }
 
+/* Whether a product of M*N*K multiply-adds gets a second thread: below ~1 MFLOP it costs more than it brings;
+ * inside a parallel region (the attention's per-head products) the calling thread does it all. The result is the
+ * same either way. */
+static int use_threads(int M, int N, int K, int in_parallel) {
+    return !in_parallel && (double)M * (double)N * (double)K > 5e5;
+}
+
 /* The native path: 16 < M, 16 <= N, 0 < K. */
 static void gemm_native(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
                         int ldb, const float *bias, float beta, float *C, int ldc, const epilogue *e,
@@ -319,11 +326,7 @@ static void gemm_native(int trans_a, int trans_b, int M, int N, int K, const flo
     float *P = pack_buf;
     const ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1;
     const int n_tiles = (M + MR - 1) / MR, n_panels = Np / NR;
-    /* below ~1 MFLOP a second thread costs more than it brings; the result is the same either way */
-    /* inside a parallel region (the attention's per-head products) the calling thread does it all, on its own
-     * packing buffer */
-    const int threaded = !in_parallel && (double)M * (double)N * (double)K > 5e5;
-#pragma omp parallel if (threaded)
+#pragma omp parallel if (use_threads(M, N, K, in_parallel))
     {
 #pragma omp for schedule(static)
         for (int p = 0; p < n_panels; p++) pack_panels(P, B, ldb, trans_b, K, N, p * NR, (p + 1) * NR);
@@ -334,6 +337,82 @@ static void gemm_native(int trans_a, int trans_b, int M, int N, int K, const flo
 #endif
         const int t0 = (int)((long long)n_tiles * id / nt), t1 = (int)((long long)n_tiles * (id + 1) / nt);
         rows_run(t0, t1, M, N, K, A, rs, cs, P, bias, beta != 0.0f, C, ldc, e);
+    }
+}
+
+/* A narrow C (N < 16) with op(A) = A, as for a router's logits: each element is the dot product of a row of A and a
+ * column of op(B), 16 lanes along k then the lanes summed, so it does not depend on the threads or on the other
+ * rows. op(B)'s columns are B's rows when B is transposed, else they are gathered into the pack buffer. */
+static void gemm_narrow(int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                        const float *bias, float beta, float *C, int ldc, const epilogue *e, int in_parallel) {
+    const float *Bt = B;
+    size_t ldbt = (size_t)ldb;
+    if (!trans_b) {
+        const size_t need = (size_t)N * (size_t)K;
+        if (need > pack_cap) {
+            mome_free(pack_buf);
+            pack_buf = mome_malloc(need * sizeof(float));
+            pack_cap = need;
+        }
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < N; j++) pack_buf[(size_t)j * (size_t)K + (size_t)k] = B[(size_t)k * (size_t)ldb + j];
+        Bt = pack_buf;
+        ldbt = (size_t)K;
+    }
+#pragma omp parallel for schedule(static) if (use_threads(M, N, K, in_parallel))
+    for (int i = 0; i < M; i++) {
+        const float *a = A + (size_t)i * (size_t)lda;
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+        for (int k = 0; k < K; k += 16) {
+            const __mmask16 m = lane_mask(K - k);
+            const __m512 av = _mm512_maskz_loadu_ps(m, a + k);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                if (j < N) acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, Bt + (size_t)j * ldbt + k), acc[j]);
+        }
+        float *c = C + (size_t)i * (size_t)ldc;
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++)
+            if (j < N) {
+                float v = _mm512_reduce_add_ps(acc[j]);
+                if (beta != 0.0f) v += c[j];
+                if (bias) v += bias[j];
+                c[j] = v;
+            }
+        if (e->kind != EPI_NONE) epi_rows(e, C, ldc, (size_t)i, 1, 0, N);
+    }
+}
+
+/* A short C (M <= 16) with op(A) = A^T and op(B) = B, as for a router's weight gradient (K tokens): threads split
+ * the columns in 16-lane strips; each element sums over k in order. */
+static void gemm_short_at(int M, int N, int K, const float *A, int lda, const float *B, int ldb, const float *bias,
+                          float beta, float *C, int ldc, const epilogue *e, int in_parallel) {
+    const int n_strips = (N + 15) / 16;
+#pragma omp parallel for schedule(static) if (use_threads(M, N, K, in_parallel))
+    for (int q = 0; q < n_strips; q++) {
+        const int j = q * 16;
+        const __mmask16 m = lane_mask(N - j);
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (int k = 0; k < K; k++) {
+            const __m512 b = _mm512_maskz_loadu_ps(m, B + (size_t)k * (size_t)ldb + j);
+            const float *a = A + (size_t)k * (size_t)lda;
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                if (i < M) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), b, acc[i]);
+        }
+        const __m512 bb = bias ? _mm512_maskz_loadu_ps(m, bias + j) : _mm512_setzero_ps();
+        for (int i = 0; i < M; i++) {
+            float *c = C + (size_t)i * (size_t)ldc + j;
+            __m512 v = acc[i];
+            if (beta != 0.0f) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, c));
+            if (bias) v = _mm512_add_ps(v, bb);
+            _mm512_mask_storeu_ps(c, m, v);
+            if (e->kind != EPI_NONE) epi_rows(e, C, ldc, (size_t)i, 1, j, N - j < 16 ? N - j : 16);
+        }
     }
 }
 
@@ -356,6 +435,15 @@ static void gemm_run(int trans_a, int trans_b, int M, int N, int K, const float 
     /* a handful of rows (one decoding step) does not repay packing all of B: OpenBLAS reads it in place */
     if (K > 0 && N >= 16 && M > 16) {
         gemm_native(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, e, in_parallel);
+        return;
+    }
+    /* a router's products: E < 16 logits per token, and its weight gradient */
+    if (K > 0 && N < 16 && !trans_a) {
+        gemm_narrow(trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, e, in_parallel);
+        return;
+    }
+    if (K > 0 && M <= 16 && trans_a && !trans_b) {
+        gemm_short_at(M, N, K, A, lda, B, ldb, bias, beta, C, ldc, e, in_parallel);
         return;
     }
 #endif
