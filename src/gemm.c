@@ -275,11 +275,12 @@ static void pack_at(float *Ap, const float *A, ptrdiff_t lda, int mr, int kc) {
 
 /* Row tiles [t0, t1) of C, every column: columns in blocks of NCB (the block's panels, KCB x NCB floats, stay in
  * L2 while the tiles pass), K in blocks of KCB within them. */
-static void rows_run(int t0, int t1, int M, int N, int K, const float *A, ptrdiff_t rs, ptrdiff_t cs,
-                     const float *P, const float *bias, int beta1, float *C, int ldc, const epilogue *e) {
+static void rows_run(int t0, int t1, int j0, int j1, int M, int N, int K, const float *A, ptrdiff_t rs,
+                     ptrdiff_t cs, const float *P, const float *bias, int beta1, float *C, int ldc,
+                     const epilogue *e) {
     float Ap[KCB * MR] __attribute__((aligned(64)));
-    for (int jc = 0; jc < N; jc += NCB) {
-        const int jend = N - jc < NCB ? N : jc + NCB;
+    for (int jc = j0; jc < j1; jc += NCB) {
+        const int jend = j1 - jc < NCB ? j1 : jc + NCB;
         for (int k0 = 0; k0 < K; k0 += KCB) {
             const int kc = K - k0 < KCB ? K - k0 : KCB;
             const int add_c = k0 > 0 || beta1;
@@ -326,17 +327,28 @@ static void gemm_native(int trans_a, int trans_b, int M, int N, int K, const flo
     float *P = pack_buf;
     const ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1;
     const int n_tiles = (M + MR - 1) / MR, n_panels = Np / NR;
+    /* Threads split C's rows, all reading every packed panel, or (C wider than tall) its columns, each packing
+     * and reading only its own panels: then op(B), the larger operand, is read from the thread's own cache, and
+     * no thread waits for the others' packing. Every tile is computed the same way either way. */
+    const int split_cols = N > M;
 #pragma omp parallel if (use_threads(M, N, K, in_parallel))
     {
-#pragma omp for schedule(static)
-        for (int p = 0; p < n_panels; p++) pack_panels(P, B, ldb, trans_b, K, N, p * NR, (p + 1) * NR);
         int nt = 1, id = 0;
 #ifdef _OPENMP
         nt = omp_get_num_threads();
         id = omp_get_thread_num();
 #endif
-        const int t0 = (int)((long long)n_tiles * id / nt), t1 = (int)((long long)n_tiles * (id + 1) / nt);
-        rows_run(t0, t1, M, N, K, A, rs, cs, P, bias, beta != 0.0f, C, ldc, e);
+        if (split_cols) {
+            const int p0 = (int)((long long)n_panels * id / nt), p1 = (int)((long long)n_panels * (id + 1) / nt);
+            pack_panels(P, B, ldb, trans_b, K, N, p0 * NR, p1 * NR);
+            if (p1 > p0) rows_run(0, n_tiles, p0 * NR, p1 * NR < N ? p1 * NR : N, M, N, K, A, rs, cs, P, bias,
+                                  beta != 0.0f, C, ldc, e);
+        } else {
+#pragma omp for schedule(static)
+            for (int p = 0; p < n_panels; p++) pack_panels(P, B, ldb, trans_b, K, N, p * NR, (p + 1) * NR);
+            const int t0 = (int)((long long)n_tiles * id / nt), t1 = (int)((long long)n_tiles * (id + 1) / nt);
+            rows_run(t0, t1, 0, N, M, N, K, A, rs, cs, P, bias, beta != 0.0f, C, ldc, e);
+        }
     }
 }
 

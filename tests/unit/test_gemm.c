@@ -153,6 +153,7 @@ int main(void) {
         for (int tb = 0; tb < 2; tb++) {
             determinism(ta, tb, 203, 160, 530, &rng);
             determinism(ta, tb, 203, 7, 530, &rng);
+            determinism(ta, tb, 100, 300, 530, &rng); /* wider than tall: threads split the columns */
             determinism(ta, tb, 9, 160, 4000, &rng);
         }
     mome_gemm_release();
