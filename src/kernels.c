@@ -485,6 +485,12 @@ void mome_gelu_backward_to(float *dinp, const float *inp, const float *dout, siz
 
 /* ----------------------------------------------------------------------------------------------- residual */
 
+void mome_zero(float *x, size_t n) {
+    const size_t chunk = (size_t)1 << 16;
+#pragma omp parallel for schedule(static) if (n > chunk)
+    for (size_t i = 0; i < n; i += chunk) memset(x + i, 0, (n - i < chunk ? n - i : chunk) * sizeof *x);
+}
+
 void mome_residual_forward(float *out, const float *a, const float *b, size_t n) {
     // out, a and b are (n)
 #pragma omp parallel for schedule(static)

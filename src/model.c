@@ -545,7 +545,7 @@ void mome_gpt_free(mome_gpt *m) {
 
 void mome_gpt_zero_grad(mome_gpt *m) {
     MOME_CHECK(!m->inference, "gpt: an inference-only model has no gradients");
-    memset(m->grads, 0, m->table.total * sizeof(float));
+    mome_zero(m->grads, m->table.total);
 }
 
 const mome_moe *mome_gpt_moe_layer(const mome_gpt *m, int layer) {
@@ -946,13 +946,12 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
     mome_gpt_acts *a = m->acts;
     const int L = m->cfg.n_layer, C = m->cfg.d_model, F = m->cfg.d_ff, NH = m->cfg.n_head, V = m->cfg.vocab_size;
     const size_t BT = (size_t)B * (size_t)T, cap = a->cap_bt;
-    const size_t fC = BT * (size_t)C * sizeof(float);
 
     layer_view p0 = view_of(m, m->params, 0), g0 = view_of(m, m->grads, 0);
     const float *xL = L > 0 ? a->res3 + (size_t)(L - 1) * cap * C : a->encoded;
     // head: logits = lnf · wte^T
     TIMED(m, MOME_PROF_HEAD, mome_matmul_backward_to(a->dln, g0.wte, NULL, m->logits, a->lnf, p0.wte, BT, C, V));
-    TIMED(m, MOME_PROF_MEMSET, memset(a->dres, 0, fC));
+    TIMED(m, MOME_PROF_MEMSET, mome_zero(a->dres, BT * (size_t)C));
     TIMED(m, MOME_PROF_LAYERNORM,
           mome_layernorm_backward(a->dres, g0.lnfw, g0.lnfb, a->dln, xL, p0.lnfw, a->lnf_mean, a->lnf_rstd, BT, C));
 
@@ -969,7 +968,7 @@ void mome_gpt_backward_ex(mome_gpt *m, const int32_t *inputs, int B, int T, floa
             mome_moe *moe = &a->moe[l];
             moe->p = p.moe;
             moe->g = g.moe;
-            TIMED(m, MOME_PROF_MEMSET, memset(a->dln, 0, fC));
+            TIMED(m, MOME_PROF_MEMSET, mome_zero(a->dln, BT * (size_t)C));
             if (m->dp_global || m->ep)
                 TIMED(m, MOME_PROF_FFN, moe_backward_par(m, l, moe, a->dln, a->dres, ba.ln2, BT, aux_grad_scale));
             else

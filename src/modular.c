@@ -188,7 +188,7 @@ void mome_modular_free(mome_modular *m) {
     memset(m, 0, sizeof *m);
 }
 
-void mome_modular_zero_grad(mome_modular *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
+void mome_modular_zero_grad(mome_modular *m) { mome_zero(m->grads, m->table.total); }
 
 
 /* The weights (or gradients, base = m->grads) of layer l of local trunk t: t < expert_count a local expert, else

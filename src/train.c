@@ -23,6 +23,7 @@
 
 #include "mome/checkpoint.h"
 #include "mome/common.h"
+#include "mome/kernels.h"
 #include "mome/loss.h"
 #include "mome/distill.h"
 #include "mome/bench.h"
@@ -1279,7 +1280,7 @@ int mome_train(const mome_config *cfg, MPI_Comm comm) {
     while (tr.step < steps) {
         mome_watchdog_tick(tr.wd, tr.step + 1, "a training step");
         double t0 = mome_now();
-        memset(tr.grads, 0, tr.table->total * sizeof(float));
+        mome_zero(tr.grads, tr.table->total);
         for (int e = 0; e < MOME_MAX_DOMAINS; e++) tr.trunk_seqs[e] = 0.0;
         double loss_sum = 0.0, aux_sum = 0.0, z_sum = 0.0, drop_sum = 0.0;
         /* With a teacher: the weighted objective in loss_sum, and its parts (summed over rows) for the log and the

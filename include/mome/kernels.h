@@ -86,6 +86,9 @@ void mome_gelu_backward_to(float *dinp, const float *inp, const float *dout, siz
 /* ---- residual add ---- */
 /* out (n) = a + b. */
 void mome_residual_forward(float *out, const float *a, const float *b, size_t n);
+/* x[0..n) = 0 on all threads (a model's gradients: tens of MB, which one thread's memset takes twice as long to
+ * clear) */
+void mome_zero(float *x, size_t n);
 /* da (n) += dout; db (n) += dout. */
 void mome_residual_backward(float *da, float *db, const float *dout, size_t n);
 
