@@ -121,61 +121,84 @@ void mome_layernorm_forward(float *out, float *mean, float *rstd, const float *i
     }
 }
 
+/* LayerNorm backward in one pass over the rows, in chunks of LN_CHUNK rows: each chunk's rows get d(inp), and the
+ * chunk's partial sums of d(w) and d(b) (float, at most LN_CHUNK terms) go to a scratch row; the partials are then
+ * summed over the chunks in order, in float64. The chunks are fixed, so the bits do not depend on the threads. */
+#define LN_CHUNK 32
+static _Thread_local float *ln_part;
+static _Thread_local size_t ln_part_cap;
+
+/* One row of LayerNorm backward: di += rs * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), and the row's
+ * terms of d(w) and d(b) added to pw and pb. The two means sum 16 float lanes, then the lanes in float64. */
+static void ln_backward_row(float *restrict di, float *restrict pw, float *restrict pb, const float *restrict d,
+                            const float *restrict x, const float *restrict w, float m, float rs, int C) {
+    float al[VM_LANES] = {0}, bl[VM_LANES] = {0}; /* lanes of sum dnorm, sum dnorm * norm */
+    int c0 = 0;
+    for (; c0 + VM_LANES <= C; c0 += VM_LANES)
+        for (int j = 0; j < VM_LANES; j++) {
+            const float norm = (x[c0 + j] - m) * rs;
+            const float dnorm = w[c0 + j] * d[c0 + j];
+            al[j] += dnorm;
+            bl[j] += dnorm * norm;
+        }
+    double dnorm_mean = 0.0, dnorm_norm_mean = 0.0;
+    for (; c0 < C; c0++) {
+        const float norm = (x[c0] - m) * rs;
+        const float dnorm = w[c0] * d[c0];
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += (double)dnorm * norm;
+    }
+    for (int j = 0; j < VM_LANES; j++) {
+        dnorm_mean += al[j];
+        dnorm_norm_mean += bl[j];
+    }
+    const float dm = (float)(dnorm_mean / C), dnm = (float)(dnorm_norm_mean / C);
+    for (int c = 0; c < C; c++) {
+        const float norm = (x[c] - m) * rs;
+        const float dnorm = w[c] * d[c];
+        di[c] += rs * (dnorm - dm - norm * dnm);
+        pw[c] += norm * d[c];
+        pb[c] += d[c];
+    }
+}
+
 void mome_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
                              const float *mean, const float *rstd, size_t N, int C) {
     // dinp is (N,C), dw and db are (C), dout and inp are (N,C), mean and rstd are (N)
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < N; i++) {
-        const float *x = inp + i * (size_t)C;
-        const float *d = dout + i * (size_t)C;
-        const float m = mean[i], rs = rstd[i];
-        double al[VM_LANES] = {0}, bl[VM_LANES] = {0}; /* lanes of sum dnorm, sum dnorm * norm */
-        int c0 = 0;
-        for (; c0 + VM_LANES <= C; c0 += VM_LANES)
-            for (int j = 0; j < VM_LANES; j++) {
-                const float norm = (x[c0 + j] - m) * rs;
-                const float dnorm = w[c0 + j] * d[c0 + j];
-                al[j] += dnorm;
-                bl[j] += (double)dnorm * norm;
-            }
-        double dnorm_mean = 0.0, dnorm_norm_mean = 0.0;
-        for (; c0 < C; c0++) {
-            const float norm = (x[c0] - m) * rs;
-            const float dnorm = w[c0] * d[c0];
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += (double)dnorm * norm;
-        }
-        for (int j = 0; j < VM_LANES; j++) {
-            dnorm_mean += al[j];
-            dnorm_norm_mean += bl[j];
-        }
-        const float dm = (float)(dnorm_mean / C), dnm = (float)(dnorm_norm_mean / C);
-        float *di = dinp + i * (size_t)C;
-        for (int c = 0; c < C; c++) {
-            const float norm = (x[c] - m) * rs;
-            const float dnorm = w[c] * d[c];
-            di[c] += rs * (dnorm - dm - norm * dnm);
-        }
+    const size_t n_chunks = (N + LN_CHUNK - 1) / LN_CHUNK, uC = (size_t)C;
+    if (n_chunks * 2 * uC > ln_part_cap) {
+        mome_free(ln_part);
+        ln_part_cap = n_chunks * 2 * uC;
+        ln_part = mome_malloc(ln_part_cap * sizeof *ln_part);
     }
+    float *part = ln_part; /* chunk q: d(w) partials at part[2qC..), d(b) at part[(2q+1)C..) */
     const int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
-#pragma omp parallel for schedule(static)
-    for (int blk = 0; blk < nblk; blk++) {
-        const int c0 = blk * COL_BLOCK;
-        const int c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
-        double aw[COL_BLOCK] = {0}, ab[COL_BLOCK] = {0};
-        for (size_t i = 0; i < N; i++) {
-            const float *x = inp + i * (size_t)C;
-            const float *d = dout + i * (size_t)C;
-            const float m = mean[i], rs = rstd[i];
-            for (int c = c0; c < c1; c++) {
-                const float norm = (x[c] - m) * rs;
-                aw[c - c0] += (double)(norm * d[c]);
-                ab[c - c0] += d[c];
-            }
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (size_t q = 0; q < n_chunks; q++) {
+            float *pw = part + 2 * q * uC, *pb = pw + uC;
+            memset(pw, 0, 2 * uC * sizeof *pw);
+            const size_t i1 = (q + 1) * LN_CHUNK < N ? (q + 1) * LN_CHUNK : N;
+            for (size_t i = q * LN_CHUNK; i < i1; i++)
+                ln_backward_row(dinp + i * uC, pw, pb, dout + i * uC, inp + i * uC, w, mean[i], rstd[i], C);
         }
-        for (int c = c0; c < c1; c++) {
-            dw[c] += (float)aw[c - c0];
-            db[c] += (float)ab[c - c0];
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nblk; blk++) {
+            const int c0 = blk * COL_BLOCK;
+            const int c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+            double aw[COL_BLOCK] = {0}, ab[COL_BLOCK] = {0};
+            for (size_t q = 0; q < n_chunks; q++) {
+                const float *pw = part + 2 * q * uC, *pb = pw + uC;
+                for (int c = c0; c < c1; c++) {
+                    aw[c - c0] += pw[c];
+                    ab[c - c0] += pb[c];
+                }
+            }
+            for (int c = c0; c < c1; c++) {
+                dw[c] += (float)aw[c - c0];
+                db[c] += (float)ab[c - c0];
+            }
         }
     }
 }
