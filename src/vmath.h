@@ -14,6 +14,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define VM_LANES 16
 
@@ -70,16 +73,24 @@ static inline float vm_gelu_grad(float x) {
     return s + x * (e * s) * s * du;
 }
 
-/* Largest of x[0..n) (n >= 1); NaN entries are ignored unless all are NaN. */
+/* Largest of x[0..n) (n >= 1); NaN entries are ignored unless all are NaN. Lane j keeps x > acc ? x : acc, which
+ * is maxps(x, acc) exactly (NaN in x keeps acc); GCC 12 leaves the plain loop scalar, so AVX-512 builds spell it. */
 static inline float vm_max(const float *x, int n) {
-    float acc[VM_LANES];
-    for (int j = 0; j < VM_LANES; j++) acc[j] = -INFINITY;
     int i = 0;
-    for (; i + VM_LANES <= n; i += VM_LANES)
-        for (int j = 0; j < VM_LANES; j++) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
     float m = -INFINITY;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_set1_ps(-INFINITY);
+    for (; i + VM_LANES <= n; i += VM_LANES) acc = _mm512_max_ps(_mm512_loadu_ps(x + i), acc);
+    float lanes[VM_LANES];
+    _mm512_storeu_ps(lanes, acc);
+#else
+    float lanes[VM_LANES];
+    for (int j = 0; j < VM_LANES; j++) lanes[j] = -INFINITY;
+    for (; i + VM_LANES <= n; i += VM_LANES)
+        for (int j = 0; j < VM_LANES; j++) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+#endif
     for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    for (int j = 0; j < VM_LANES; j++) m = acc[j] > m ? acc[j] : m;
+    for (int j = 0; j < VM_LANES; j++) m = lanes[j] > m ? lanes[j] : m;
     return m;
 }
 
