@@ -218,6 +218,7 @@ static inline __attribute__((always_inline)) void tile(const int mr, const float
 #pragma GCC unroll 12
     for (int r = 0; r < MR; r++)
         if (r < mr) c0[r] = c1[r] = _mm512_setzero_ps();
+#pragma GCC unroll 4
     for (int k = 0; k < kc; k++) {
         const __m512 b0 = _mm512_load_ps(P + (size_t)k * NR), b1 = _mm512_load_ps(P + (size_t)k * NR + 16);
         const float *a = A + (ptrdiff_t)k * cs;
