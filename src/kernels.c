@@ -1,7 +1,7 @@
 /* kernels.c — forward/backward kernels of the dense GPT (see kernels.h): encoder, layernorm, matmul, causal
  * attention, GELU (tanh) and residual add, plus plain-loop references for matmul and attention.
  *
- * The linear layers' products go through mome_gemm (gemm.c), the attention's per-head ones through cblas_sgemm. Element-wise and row-wise loops use OpenMP with a static
+ * The linear layers' and the attention's per-head products go through mome_gemm (gemm.c). Element-wise and row-wise loops use OpenMP with a static
  * schedule; reductions over rows (bias, LayerNorm and embedding gradients) are split by columns so that each
  * output is summed by one thread in a fixed order: results never depend on scheduling. The losses live in
  * loss.c, the model in model.c.

@@ -3,11 +3,13 @@
  *   C (M,N) = op(A) (M,K) · op(B) (K,N)  [+ C if beta = 1]  [+ bias (N), broadcast over the rows]
  *
  * row-major, op(X) = X or X^T as in cblas_sgemm with alpha 1. On an AVX-512 build it runs mome's own kernel:
- * B is packed once per call into 32-column panels, and the threads split the rows of C, each running 12 x 32
- * register tiles down its own rows. Every element of C is summed in the same order whatever the thread count
- * and whichever rows share the call, so results are bit-identical from run to run, across thread counts and
- * across the ways the rows are split between ranks. Called inside a parallel region, the calling thread runs it
- * alone. Elsewhere (no AVX-512, 16 rows or fewer, fewer than 16 columns) the same call goes to cblas_sgemm. */
+ * B is packed once per call into 32-column panels, and the threads split the rows of C (or its columns, when C is
+ * wider than tall), running 12 x 32 register tiles. C narrower than 16 columns (a router's logits) takes a
+ * dot-product kernel, and 16 rows or fewer with A transposed (a router's weight gradient) a column-strip kernel.
+ * Every element of C is summed in the same order whatever the thread count and whichever rows share the call, so
+ * results are bit-identical from run to run, across thread counts and across the ways the rows are split between
+ * ranks. Called inside a parallel region, the calling thread runs it alone. Elsewhere (no AVX-512; 16 rows or
+ * fewer with A not transposed, as in one decoding step) the same call goes to cblas_sgemm. */
 #ifndef MOME_GEMM_H
 #define MOME_GEMM_H
 

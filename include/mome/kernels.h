@@ -4,9 +4,8 @@
  *  - outputs first, then inputs and weights, then sizes; every buffer has a shape comment;
  *  - tensors are row-major float32; weights are (out, in) like PyTorch nn.Linear;
  *  - backward kernels ACCUMULATE (+=) into every gradient they write, so callers zero them first;
- *  - the linear layers' products go through mome_gemm (gemm.h: mome's AVX-512 kernel, else cblas_sgemm), the
- *    attention's per-head products through cblas_sgemm (OpenBLAS); the *_ref variants are plain loops kept to
- *    test them against;
+ *  - the linear layers' and the attention's per-head products go through mome_gemm (gemm.h: mome's AVX-512
+ *    kernel, else cblas_sgemm); the *_ref variants are plain loops kept to test them against;
  *  - results are bit-identical from run to run for a given thread count: loops are split statically and no
  *    reduction depends on scheduling.
  * The losses (cross-entropy over the vocabulary) are in loss.h; composition into a model is in model.c.

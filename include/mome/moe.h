@@ -54,7 +54,7 @@
  * grouped by expert, counts[i] rows for expert e0 + i.
  *
  * Conventions as in kernels.h: outputs first; row-major float32; weights (out, in) like nn.Linear; backward
- * ACCUMULATES (+=) into parameter gradients and into dx; every matmul is cblas_sgemm (through
+ * ACCUMULATES (+=) into parameter gradients and into dx; every matmul is mome_gemm (through
  * mome_matmul_*); bit-identical results from run to run for a given thread count. All buffers are sized by
  * mome_moe_init for up to max_N tokens; no call allocates afterwards. Not thread-safe per mome_moe object.
  * Left to others: where the parameters live (the model's flat buffer; mome_moe_params are views into it),
