@@ -274,8 +274,8 @@ static void pack_at(float *Ap, const float *A, ptrdiff_t lda, int mr, int kc) {
     for (int k = 0; k < kc; k++) _mm512_mask_storeu_ps(Ap + (size_t)k * MR, m, _mm512_maskz_loadu_ps(m, A + k * lda));
 }
 
-/* Row tiles [t0, t1) of C, every column: columns in blocks of NCB (the block's panels, KCB x NCB floats, stay in
- * L2 while the tiles pass), K in blocks of KCB within them. */
+/* Row tiles [t0, t1) of C, columns [j0, j1) (j0 a multiple of NR): columns in blocks of NCB (the block's panels,
+ * KCB x NCB floats, stay in L2 while the tiles pass), K in blocks of KCB within them. */
 static void rows_run(int t0, int t1, int j0, int j1, int M, int N, int K, const float *A, ptrdiff_t rs,
                      ptrdiff_t cs, const float *P, const float *bias, int beta1, float *C, int ldc,
                      const epilogue *e) {
