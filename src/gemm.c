@@ -155,6 +155,16 @@ void mome_gemm_release(void) {
     pack_cap = 0;
 }
 
+/* The calling thread's packing buffer, grown to at least `need` floats (only the first calls of a run allocate). */
+static float *pack_reserve(size_t need) {
+    if (need > pack_cap) {
+        mome_free(pack_buf);
+        pack_buf = mome_malloc(need * sizeof(float));
+        pack_cap = need;
+    }
+    return pack_buf;
+}
+
 /* A 16 x 16 block transpose: dst[k * dld + c] = src[c * sld + k] for k, c < 16. */
 static inline void transpose16(float *dst, size_t dld, const float *src, size_t sld) {
     __m512 r[16], t[16];
@@ -320,12 +330,7 @@ static void gemm_native(int trans_a, int trans_b, int M, int N, int K, const flo
                         int in_parallel) {
     const int Np = (N + NR - 1) / NR * NR;
     const size_t need = (size_t)K * (size_t)Np;
-    if (need > pack_cap) {
-        mome_free(pack_buf);
-        pack_buf = mome_malloc(need * sizeof(float));
-        pack_cap = need;
-    }
-    float *P = pack_buf;
+    float *P = pack_reserve(need);
     const ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1;
     const int n_tiles = (M + MR - 1) / MR, n_panels = Np / NR;
     /* Threads split C's rows, all reading every packed panel, or (C wider than tall) its columns, each packing
@@ -362,14 +367,10 @@ static void gemm_narrow(int trans_b, int M, int N, int K, const float *A, int ld
     size_t ldbt = (size_t)ldb;
     if (!trans_b) {
         const size_t need = (size_t)N * (size_t)K;
-        if (need > pack_cap) {
-            mome_free(pack_buf);
-            pack_buf = mome_malloc(need * sizeof(float));
-            pack_cap = need;
-        }
+        float *P = pack_reserve(need);
         for (int k = 0; k < K; k++)
-            for (int j = 0; j < N; j++) pack_buf[(size_t)j * (size_t)K + (size_t)k] = B[(size_t)k * (size_t)ldb + j];
-        Bt = pack_buf;
+            for (int j = 0; j < N; j++) P[(size_t)j * (size_t)K + (size_t)k] = B[(size_t)k * (size_t)ldb + j];
+        Bt = P;
         ldbt = (size_t)K;
     }
 #pragma omp parallel for schedule(static) if (use_threads(M, N, K, in_parallel))
