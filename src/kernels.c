@@ -1,10 +1,10 @@
 /* kernels.c — forward/backward kernels of the dense GPT (see kernels.h): encoder, layernorm, matmul, causal
  * attention, GELU (tanh) and residual add, plus plain-loop references for matmul and attention.
  *
- * The linear layers' and the attention's per-head products go through mome_gemm (gemm.c). Element-wise and row-wise loops use OpenMP with a static
- * schedule; reductions over rows (bias, LayerNorm and embedding gradients) are split by columns so that each
- * output is summed by one thread in a fixed order: results never depend on scheduling. The losses live in
- * loss.c, the model in model.c.
+ * The linear layers' and the attention's per-head products go through mome_gemm (gemm.c). Element-wise and
+ * row-wise loops use OpenMP with a static schedule; reductions over rows (bias, LayerNorm and embedding
+ * gradients) are split by columns, after fixed row chunks for LayerNorm, so that each output is summed in a fixed
+ * order: results never depend on scheduling. The losses live in loss.c, the model in model.c.
  */
 #include "mome/kernels.h"
 
@@ -172,35 +172,16 @@ void mome_layernorm_backward(float *dinp, float *dw, float *db, const float *dou
         ln_part = mome_malloc(ln_part_cap * sizeof *ln_part);
     }
     float *part = ln_part; /* chunk q: d(w) partials at part[2qC..), d(b) at part[(2q+1)C..) */
-    const int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
-#pragma omp parallel
-    {
-#pragma omp for schedule(static)
-        for (size_t q = 0; q < n_chunks; q++) {
-            float *pw = part + 2 * q * uC, *pb = pw + uC;
-            memset(pw, 0, 2 * uC * sizeof *pw);
-            const size_t i1 = (q + 1) * LN_CHUNK < N ? (q + 1) * LN_CHUNK : N;
-            for (size_t i = q * LN_CHUNK; i < i1; i++)
-                ln_backward_row(dinp + i * uC, pw, pb, dout + i * uC, inp + i * uC, w, mean[i], rstd[i], C);
-        }
-#pragma omp for schedule(static)
-        for (int blk = 0; blk < nblk; blk++) {
-            const int c0 = blk * COL_BLOCK;
-            const int c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
-            double aw[COL_BLOCK] = {0}, ab[COL_BLOCK] = {0};
-            for (size_t q = 0; q < n_chunks; q++) {
-                const float *pw = part + 2 * q * uC, *pb = pw + uC;
-                for (int c = c0; c < c1; c++) {
-                    aw[c - c0] += pw[c];
-                    ab[c - c0] += pb[c];
-                }
-            }
-            for (int c = c0; c < c1; c++) {
-                dw[c] += (float)aw[c - c0];
-                db[c] += (float)ab[c - c0];
-            }
-        }
+#pragma omp parallel for schedule(static)
+    for (size_t q = 0; q < n_chunks; q++) {
+        float *pw = part + 2 * q * uC, *pb = pw + uC;
+        memset(pw, 0, 2 * uC * sizeof *pw);
+        const size_t i1 = (q + 1) * LN_CHUNK < N ? (q + 1) * LN_CHUNK : N;
+        for (size_t i = q * LN_CHUNK; i < i1; i++)
+            ln_backward_row(dinp + i * uC, pw, pb, dout + i * uC, inp + i * uC, w, mean[i], rstd[i], C);
     }
+    column_sum_acc(dw, part, n_chunks, C, 2 * uC);
+    column_sum_acc(db, part + uC, n_chunks, C, 2 * uC);
 }
 
 /* ------------------------------------------------------------------------------------------------- matmul */
