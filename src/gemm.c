@@ -31,11 +31,13 @@
 #define GEMM_NATIVE 0
 #endif
 
-/* What happens to a finished tile of C (after its last K block): nothing, a = gelu(C), or C *= gelu'(h). */
+/* What happens to a finished tile of C (after its last K block): nothing, a = gelu(C), or C *= gelu'(h); and which
+ * tiles and terms a causal product may skip. */
 typedef struct {
     int kind; /* EPI_NONE, EPI_GELU, EPI_GELU_GRAD */
     float *a;
     const float *h;
+    int band; /* MOME_BAND_* (gemm.h): the terms and tiles the product may skip */
 } epilogue;
 enum { EPI_NONE, EPI_GELU, EPI_GELU_GRAD };
 
@@ -298,18 +300,25 @@ static void rows_run(int t0, int t1, int j0, int j1, int M, int N, int K, const 
             const float *bk = k0 == 0 ? bias : NULL;
             for (int t = t0; t < t1; t++) {
                 const int i = t * MR, mr = M - i < MR ? M - i : MR;
-                const float *a = A + (ptrdiff_t)i * rs + (ptrdiff_t)k0 * cs;
+                /* this tile's terms of the block: [lo, hi), fewer under a band (an empty range still writes the
+                 * tile: beta C + bias) */
+                int lo = k0, hi = k0 + kc;
+                if (e->band == MOME_BAND_K_UPTO_ROW && hi > i + mr) hi = i + mr;
+                if (e->band == MOME_BAND_K_FROM_ROW && lo < i) lo = i;
+                if (hi < lo) hi = lo;
+                const float *a = A + (ptrdiff_t)i * rs + (ptrdiff_t)lo * cs;
                 ptrdiff_t trs = rs, tcs = cs;
                 if (rs == 1) { /* op(A) = A^T */
-                    pack_at(Ap, a, cs, mr, kc);
+                    pack_at(Ap, a, cs, mr, hi - lo);
                     a = Ap;
                     tcs = MR;
                 }
                 float *c = C + (size_t)i * (size_t)ldc;
-                for (int j = jc; j < jend; j += NR) {
+                const int jlast = e->band == MOME_BAND_COLS_UPTO_ROW ? i + mr - 1 : jend;
+                for (int j = jc; j < jend && j <= jlast; j += NR) {
                     const int nv = N - j < NR ? N - j : NR;
-                    tile_any(mr, a, trs, tcs, P + (size_t)j * (size_t)K + (size_t)k0 * NR, kc, c + j, ldc, add_c,
-                             bk ? bk + j : NULL, lane_mask(nv), lane_mask(nv - 16));
+                    tile_any(mr, a, trs, tcs, P + (size_t)j * (size_t)K + (size_t)lo * NR, hi - lo, c + j, ldc,
+                             add_c, bk ? bk + j : NULL, lane_mask(nv), lane_mask(nv - 16));
                     if (e->kind != EPI_NONE && k0 + kc == K) epi_rows(e, C, ldc, (size_t)i, mr, j, nv);
                 }
             }
@@ -337,7 +346,12 @@ static void gemm_native(int trans_a, int trans_b, int M, int N, int K, const flo
      * and reading only its own panels: then op(B), the larger operand, is read from the thread's own cache, and
      * no thread waits for the others' packing. Every tile is computed the same way either way. */
     const int split_cols = N > M;
-#pragma omp parallel if (use_threads(M, N, K, in_parallel))
+    if (!use_threads(M, N, K, in_parallel)) { /* the calling thread alone, without a team of one */
+        pack_panels(P, B, ldb, trans_b, K, N, 0, Np);
+        rows_run(0, n_tiles, 0, N, M, N, K, A, rs, cs, P, bias, beta != 0.0f, C, ldc, e);
+        return;
+    }
+#pragma omp parallel
     {
         int nt = 1, id = 0;
 #ifdef _OPENMP
@@ -466,18 +480,25 @@ static void gemm_run(int trans_a, int trans_b, int M, int N, int K, const float 
 
 void mome_gemm(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                const float *bias, float beta, float *C, int ldc) {
-    const epilogue e = {EPI_NONE, NULL, NULL};
+    const epilogue e = {EPI_NONE, NULL, NULL, MOME_BAND_NONE};
     gemm_run(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, &e);
+}
+
+void mome_gemm_band(int band, int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
+                    int ldb, float beta, float *C, int ldc) {
+    MOME_CHECK(band >= MOME_BAND_NONE && band <= MOME_BAND_K_FROM_ROW, "gemm: unknown band %d", band);
+    const epilogue e = {EPI_NONE, NULL, NULL, band};
+    gemm_run(trans_a, trans_b, M, N, K, A, lda, B, ldb, NULL, beta, C, ldc, &e);
 }
 
 void mome_gemm_gelu(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     const float *bias, float *h, float *a, int ldc) {
-    const epilogue e = {EPI_GELU, a, NULL};
+    const epilogue e = {EPI_GELU, a, NULL, MOME_BAND_NONE};
     gemm_run(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, 0.0f, h, ldc, &e);
 }
 
 void mome_gemm_gelu_grad(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
                          int ldb, const float *h, float *dh, int ldc) {
-    const epilogue e = {EPI_GELU_GRAD, NULL, h};
+    const epilogue e = {EPI_GELU_GRAD, NULL, h, MOME_BAND_NONE};
     gemm_run(trans_a, trans_b, M, N, K, A, lda, B, ldb, NULL, 0.0f, dh, ldc, &e);
 }

@@ -27,6 +27,18 @@ void mome_gemm_gelu(int trans_a, int trans_b, int M, int N, int K, const float *
 void mome_gemm_gelu_grad(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
                          int ldb, const float *h, float *dh, int ldc);
 
+/* Causal structure that a product may skip (the attention's products over a T x T score matrix, i and j being
+ * row and column indices of C, and k the inner index):
+ *   MOME_BAND_COLS_UPTO_ROW: only C[i][j] with j <= i are wanted. Register tiles lying wholly above the diagonal
+ *                            are not computed and C there is left as it was; tiles across it are computed whole.
+ *   MOME_BAND_K_UPTO_ROW:    op(A)(i,k) is zero for k > i; the product leaves those terms out.
+ *   MOME_BAND_K_FROM_ROW:    op(A)(i,k) is zero for k < i; the product leaves those terms out.
+ * Left-out terms are exact zeros, so C has the same bits as the full product (mome_gemm), which is also what the
+ * paths other than mome's own kernel compute. */
+enum { MOME_BAND_NONE, MOME_BAND_COLS_UPTO_ROW, MOME_BAND_K_UPTO_ROW, MOME_BAND_K_FROM_ROW };
+void mome_gemm_band(int band, int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
+                    int ldb, float beta, float *C, int ldc);
+
 /* Whether mome_gemm uses its own kernel in this build (1) or always cblas_sgemm (0). */
 int mome_gemm_native(void);
 
