@@ -163,6 +163,22 @@ static inline void grad_diff(float *restrict g, float a, const float *restrict q
     for (int v = 0; v < n; v++) g[v] = a * (q[v] * cq - p[v] * cp);
 }
 
+/* grad_diff and then grad_add_ce, in one pass: g[v] = a * (q[v] * cq - p[v] * cp) + ace * (e1[v] * i1). */
+static inline void grad_diff_ce(float *restrict g, float a, const float *restrict q, float cq,
+                                const float *restrict p, float cp, float ace, const float *restrict e1, float i1,
+                                int n) {
+    for (int v = 0; v < n; v++) {
+        const float kd = a * (q[v] * cq - p[v] * cp);
+        g[v] = kd + ace * (e1[v] * i1);
+    }
+}
+
+/* out[v] = x[v]^2, and their sum in float64 lanes (as vm_exp_sum sums). */
+static inline double square_sum(float *restrict out, const float *restrict x, int n) {
+    for (int v = 0; v < n; v++) out[v] = x[v] * x[v];
+    return vm_sum(out, n);
+}
+
 /* Reverse KL, full: g (the row) holds z in and a * q_v * (lq_v - lp_v - kl) out, q_v = eq[v] * iq. */
 static inline void grad_rev_full(float *restrict g, float a, const float *restrict eq, float iq, float mx,
                                  float lseT, const float *restrict t, float tm, float lset, float invT, float kl,
@@ -201,10 +217,17 @@ static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, in
     }
     const float mx = vm_max(row, V);
 
-    /* CE at temperature 1: e1 = exp(z - max) */
-    double s1 = 1.0;
+    /* CE at temperature 1: e1 = exp(z - max). At T = 2, the usual temperature, e1 is the square of the student's
+     * tempered eq = exp((z - max) / 2): one exponential per logit instead of two (within 3 ulp of the direct one) */
+    double s1 = 1.0, sT = 0.0;
+    const int square = tg >= 0 && o->has_teacher && invT == 0.5f;
     if (tg >= 0) {
-        s1 = vm_exp_sum(s->e1, row, mx, 1.0f, V);
+        if (square) {
+            sT = vm_exp_sum(s->eq, row, mx, invT, V);
+            s1 = square_sum(s->e1, s->eq, V);
+        } else {
+            s1 = vm_exp_sum(s->e1, row, mx, 1.0f, V);
+        }
         *ce += log(s1) - (double)(row[tg] - mx);
     }
     const float i1 = (float)(1.0 / s1);
@@ -220,11 +243,10 @@ static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, in
     /* student at temperature T: eq = exp((z - max) / T), q = eq / sT, log q = (z - max) / T - log sT. At T = 1
      * this is e1 (same expression, same bits). */
     const float *eq = s->eq;
-    double sT;
     if (tg >= 0 && invT == 1.0f) {
         eq = s->e1;
         sT = s1;
-    } else {
+    } else if (!square) {
         sT = vm_exp_sum(s->eq, row, mx, invT, V);
     }
     const float lseT = (float)log(sT), iq = (float)(1.0 / sT);
@@ -244,6 +266,11 @@ static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, in
             klr = kl_terms(eq, iq, row, mx, lseT, t, tm, lset, invT, V);
         *kl += klr;
         if (grad) {
+            if (o->dir == MOME_KD_FORWARD && a_ce != 0.0f) { /* with the CE part in the same pass */
+                grad_diff_ce(row, a_kd, eq, iq, s->ep, ip, a_ce, s->e1, i1, V);
+                row[tg] -= a_ce;
+                return;
+            }
             if (o->dir == MOME_KD_FORWARD)
                 grad_diff(row, a_kd, eq, iq, s->ep, ip, V);
             else
