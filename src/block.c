@@ -57,7 +57,6 @@ void mome_block_attn_backward(const mome_block_weights *g, const mome_block_weig
     // dres now holds d(res2); res2 = x + attproj
     MOME_TIMED(prof, MOME_PROF_ATTN_LINEAR, mome_matmul_backward_to(s->datty, g->attprojw, g->attprojb, dres,
                                                                     a->atty, p->attprojw, BT, C, C));
-    MOME_TIMED(prof, MOME_PROF_MEMSET, mome_zero(s->dqkv, BT * 3 * (size_t)C));
     MOME_TIMED(prof, MOME_PROF_ATTENTION, mome_attention_backward(s->dqkv, s->att_scratch, s->n_att_scratch,
                                                                   s->datty, a->qkv, a->att, B, T, C, NH));
     MOME_TIMED(prof, MOME_PROF_ATTN_LINEAR,

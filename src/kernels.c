@@ -364,9 +364,9 @@ void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const f
             float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
             const float *a = att + (size_t)bh * T * T;
             const float *d = dout + (size_t)b * T * C + (size_t)h * hs;
-            // datt = dout_h · v^T ; dv += att^T · dout_h
+            // datt = dout_h · v^T ; dv = att^T · dout_h
             mome_gemm_band(MOME_BAND_COLS_UPTO_ROW, 0, 1, T, T, hs, d, C, v, C3, 0.0f, datt, T);
-            mome_gemm_band(MOME_BAND_K_FROM_ROW, 1, 0, T, hs, T, a, T, d, C, 1.0f, dv, C3);
+            mome_gemm_band(MOME_BAND_K_FROM_ROW, 1, 0, T, hs, T, a, T, d, C, 0.0f, dv, C3);
             // softmax backward, row by row: dpre = att * (datt - sum(att * datt)), times the score scale; zero above
             // the diagonal, where the products below read it
             for (int i = 0; i < T; i++) {
@@ -376,9 +376,9 @@ void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const f
                 for (int j = 0; j <= i; j++) row[j] = arow[j] * (row[j] - dot) * scale;
                 for (int j = i + 1; j < T; j++) row[j] = 0.0f;
             }
-            // dq += dpre · k ; dk += dpre^T · q   (dpre carries the score scale)
-            mome_gemm_band(MOME_BAND_K_UPTO_ROW, 0, 0, T, hs, T, datt, T, k, C3, 1.0f, dq, C3);
-            mome_gemm_band(MOME_BAND_K_FROM_ROW, 1, 0, T, hs, T, datt, T, q, C3, 1.0f, dk, C3);
+            // dq = dpre · k ; dk = dpre^T · q   (dpre carries the score scale)
+            mome_gemm_band(MOME_BAND_K_UPTO_ROW, 0, 0, T, hs, T, datt, T, k, C3, 0.0f, dq, C3);
+            mome_gemm_band(MOME_BAND_K_FROM_ROW, 1, 0, T, hs, T, datt, T, q, C3, 0.0f, dk, C3);
         }
     }
     blas_single_end(saved);
@@ -418,6 +418,7 @@ void mome_attention_forward_ref(float *out, float *att, const float *qkv, int B,
 
 void mome_attention_backward_ref(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T,
                                  int C, int NH) {
+    memset(dqkv, 0, (size_t)B * T * 3 * C * sizeof *dqkv);
     const int hs = C / NH, C3 = 3 * C;
     const double scale = 1.0 / sqrt((double)hs);
     double *datt = mome_malloc((size_t)T * sizeof *datt);
