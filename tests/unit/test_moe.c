@@ -22,6 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "mome/common.h"
 #include "mome/kernels.h"
@@ -359,6 +362,61 @@ static void test_expert_range(void) {
     fixture_free(&f);
 }
 
+/* The expert stage alone on 1 and on 2 threads, with rows spread evenly (60, 62, 59, 61) and with one expert
+ * holding most (200, 20, 20, 20): the same bits. */
+static void expert_threads_case(const size_t counts[4], const char *what) {
+    const int E = 4, C = 32, F = 48;
+    size_t n = 0;
+    for (int i = 0; i < E; i++) n += counts[i];
+    mome_rng rng;
+    mome_rng_seed(&rng, 11);
+    const size_t nw = (size_t)E * F * C, sizes[] = {n * C, nw, (size_t)E * F, nw, (size_t)E * C, n * C};
+    float *buf[6];
+    for (int b = 0; b < 6; b++) {
+        buf[b] = mome_malloc(sizes[b] * sizeof(float));
+        for (size_t i = 0; i < sizes[b]; i++) buf[b][i] = (float)mome_rng_normal(&rng);
+    }
+    const float *in = buf[0], *fc_w = buf[1], *fc_b = buf[2], *proj_w = buf[3], *proj_b = buf[4], *dout = buf[5];
+    float *res[2][4]; /* per thread count: out, din, weight gradients (fc_w, proj_w and both biases), h */
+    const size_t ng = 2 * nw + (size_t)E * F + (size_t)E * C;
+    for (int run = 0; run < 2; run++) {
+        float *out = mome_malloc(n * C * sizeof(float)), *h = mome_malloc(n * F * sizeof(float));
+        float *a = mome_malloc(n * F * sizeof(float)), *din = mome_malloc(n * C * sizeof(float));
+        float *dh = mome_malloc(n * F * sizeof(float)), *g = mome_calloc(ng, sizeof(float));
+#ifdef _OPENMP
+        const int saved = omp_get_max_threads();
+        omp_set_num_threads(run + 1);
+#endif
+        mome_moe_experts_forward(out, h, a, in, counts, E, fc_w, fc_b, proj_w, proj_b, C, F);
+        mome_moe_experts_backward(din, g, g + nw, g + nw + (size_t)E * F, g + 2 * nw + (size_t)E * F, dh, dout, in,
+                                  h, a, counts, E, fc_w, proj_w, C, F);
+#ifdef _OPENMP
+        omp_set_num_threads(saved);
+#endif
+        res[run][0] = out, res[run][1] = din, res[run][2] = g, res[run][3] = h;
+        mome_free(a);
+        mome_free(dh);
+    }
+    char name[160];
+    snprintf(name, sizeof name, "experts on 1 and 2 threads, rows %s: forward", what);
+    EXPECT_BITWISE(name, res[0][0], res[1][0], n * C * sizeof(float));
+    snprintf(name, sizeof name, "experts on 1 and 2 threads, rows %s: pre-activations", what);
+    EXPECT_BITWISE(name, res[0][3], res[1][3], n * F * sizeof(float));
+    snprintf(name, sizeof name, "experts on 1 and 2 threads, rows %s: d(rows)", what);
+    EXPECT_BITWISE(name, res[0][1], res[1][1], n * C * sizeof(float));
+    snprintf(name, sizeof name, "experts on 1 and 2 threads, rows %s: weight gradients", what);
+    EXPECT_BITWISE(name, res[0][2], res[1][2], ng * sizeof(float));
+    for (int run = 0; run < 2; run++)
+        for (int k = 0; k < 4; k++) mome_free(res[run][k]);
+    for (int b = 0; b < 6; b++) mome_free(buf[b]);
+}
+
+static void test_expert_threads(void) {
+    const size_t even[4] = {60, 62, 59, 61}, skewed[4] = {200, 20, 20, 20};
+    expert_threads_case(even, "even");
+    expert_threads_case(skewed, "skewed");
+}
+
 /* Forward + backward twice from zeroed gradients: bit-identical; grad_scale 0.5 with dy = 0.5 R halves all. */
 static void test_determinism_and_scale(void) {
     const mome_moe_config cfg = {.n_embd = 24, .n_experts = 6, .d_ff = 40, .top_k = 2, .shared_d_ff = 16,
@@ -444,6 +502,7 @@ int main(void) {
     test_dropless();
     test_ties();
     test_expert_range();
+    test_expert_threads();
     test_determinism_and_scale();
     test_config_errors();
     return check_summary("test_moe");
