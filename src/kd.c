@@ -218,7 +218,8 @@ static void kd_row(float *row, double *ce, double *kl, const row_teacher *te, in
     const float mx = vm_max(row, V);
 
     /* CE at temperature 1: e1 = exp(z - max). At T = 2, the usual temperature, e1 is the square of the student's
-     * tempered eq = exp((z - max) / 2): one exponential per logit instead of two (within 3 ulp of the direct one) */
+     * tempered eq = exp((z - max) / 2): one exponential per logit instead of two (over [-80, 0], within 2.8 ulp of
+     * exp in float64; vm_expf itself is within 1) */
     double s1 = 1.0, sT = 0.0;
     const int square = tg >= 0 && o->has_teacher && invT == 0.5f;
     if (tg >= 0) {

@@ -60,8 +60,9 @@ void mome_matmul_backward_ref(float *dinp, float *dw, float *dbias, const float 
  * out (B,T,C) = softmax(q k^T / sqrt(hs), causal) v per head; att (B,NH,T,T) receives the softmax
  * probabilities (0 above the diagonal), which backward reuses. */
 void mome_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
-/* dqkv (B,T,3C) = d(loss)/d(qkv) from dout (B,T,C), overwritten (each of q, k and v of a head is one product). scratch holds n_scratch work areas of T*T floats each; the
- * (b,h) pairs are spread over min(n_scratch, threads) threads (n_scratch >= 1). */
+/* dqkv (B,T,3C) = d(loss)/d(qkv) from dout (B,T,C), overwritten (each of q, k and v of a head is one product).
+ * scratch holds n_scratch work areas of T*T floats each; the (b,h) pairs are spread over min(n_scratch, threads)
+ * threads (n_scratch >= 1). */
 void mome_attention_backward(float *dqkv, float *scratch, int n_scratch, const float *dout, const float *qkv,
                              const float *att, int B, int T, int C, int NH);
 /* One new position per row against cached keys and values (incremental decoding): q (B) rows of stride q_stride
