@@ -89,6 +89,15 @@ void *mome_calloc_at(size_t count, size_t size, const char *file, int line) {
 
 void mome_free(void *ptr) { free(ptr); }
 
+float *mome_reserve_floats(float **buf, size_t *cap, size_t need) {
+    if (need > *cap) {
+        mome_free(*buf);
+        *buf = mome_malloc(need * sizeof **buf);
+        *cap = need;
+    }
+    return *buf;
+}
+
 char *mome_strdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *d = mome_malloc(n);

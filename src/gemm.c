@@ -158,14 +158,7 @@ void mome_gemm_release(void) {
 }
 
 /* The calling thread's packing buffer, grown to at least `need` floats (only the first calls of a run allocate). */
-static float *pack_reserve(size_t need) {
-    if (need > pack_cap) {
-        mome_free(pack_buf);
-        pack_buf = mome_malloc(need * sizeof(float));
-        pack_cap = need;
-    }
-    return pack_buf;
-}
+static float *pack_reserve(size_t need) { return mome_reserve_floats(&pack_buf, &pack_cap, need); }
 
 /* A 16 x 16 block transpose: dst[k * dld + c] = src[c * sld + k] for k, c < 16. */
 static inline void transpose16(float *dst, size_t dld, const float *src, size_t sld) {

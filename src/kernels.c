@@ -166,12 +166,8 @@ void mome_layernorm_backward(float *dinp, float *dw, float *db, const float *dou
                              const float *mean, const float *rstd, size_t N, int C) {
     // dinp is (N,C), dw and db are (C), dout and inp are (N,C), mean and rstd are (N)
     const size_t n_chunks = (N + LN_CHUNK - 1) / LN_CHUNK, uC = (size_t)C;
-    if (n_chunks * 2 * uC > ln_part_cap) {
-        mome_free(ln_part);
-        ln_part_cap = n_chunks * 2 * uC;
-        ln_part = mome_malloc(ln_part_cap * sizeof *ln_part);
-    }
-    float *part = ln_part; /* chunk q: d(w) partials at part[2qC..), d(b) at part[(2q+1)C..) */
+    /* chunk q: d(w) partials at part[2qC..), d(b) at part[(2q+1)C..) */
+    float *part = mome_reserve_floats(&ln_part, &ln_part_cap, n_chunks * 2 * uC);
 #pragma omp parallel for schedule(static)
     for (size_t q = 0; q < n_chunks; q++) {
         float *pw = part + 2 * q * uC, *pb = pw + uC;

@@ -68,6 +68,9 @@ void *mome_calloc_at(size_t count, size_t size, const char *file, int line);
 #define mome_malloc(size) mome_malloc_at((size), __FILE__, __LINE__)
 #define mome_calloc(count, size) mome_calloc_at((count), (size), __FILE__, __LINE__)
 void mome_free(void *ptr);
+/* Scratch kept between calls (often one per thread): *buf (from mome_malloc, or NULL with *cap 0) grown to hold at
+ * least `need` floats, its old contents dropped; returns *buf. Only calls that need more than before allocate. */
+float *mome_reserve_floats(float **buf, size_t *cap, size_t need);
 /* strdup that aborts on failure. */
 char *mome_strdup(const char *s);
 
